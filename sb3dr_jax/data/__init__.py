@@ -1,0 +1,132 @@
+"""Data: readers, renderer, demo set, TFDS builders and tf.data pipelines.
+
+`dataset_from_config(cfg.dataset)` is the one call the training and evaluation code make.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+from sb3dr_jax.data.errors import ClaError, DataError, LayoutError, MeshError, SketchError
+
+__all__ = [
+    "ClaError",
+    "DataError",
+    "LayoutError",
+    "MeshError",
+    "SketchError",
+    "dataset_from_config",
+    "get_dataset",
+]
+
+
+def get_dataset(
+    name: str,
+    *,
+    data_dir: str,
+    root: str | None = None,
+    prepare: bool = True,
+    **fields,
+):
+    """Returns a (prepared) TFDS builder for a dataset.
+
+    Args:
+      name: "demo", "shared", "shrec13" or "shrec14".
+      data_dir: where TFDS keeps the records.
+      root: the source folder (`manual_dir`) for "shared", "shrec13" and "shrec14".
+      prepare: build the records if they are not there yet.
+      **fields: `Sb3drConfig` fields (render settings, sketch size, demo settings, caps).
+
+    Returns:
+      The builder, with splits `shapes`, `sketch_train`, `sketch_test`.
+    """
+    import tensorflow_datasets as tfds
+
+    from sb3dr_jax.data import tfds_builders as tb
+
+    if name not in tb.BUILDERS:
+        raise ValueError(f"dataset.name: unknown {name!r}; choose from {sorted(tb.BUILDERS)}")
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    if name == "demo":
+        config = tb.make_config("demo", **fields)
+        manual_dir = os.path.join(data_dir, "demo_src", config.name)
+    else:
+        if not root or not os.path.isdir(root):
+            raise LayoutError(
+                root or "<empty>", f"dataset.root: source folder for {name!r} not found"
+            )
+        root = os.path.abspath(root)
+        config = tb.make_config(name, root_name=pathlib.Path(root).name, **fields)
+        manual_dir = root
+    builder = tb.BUILDERS[name](config=config, data_dir=data_dir)
+    if name == "demo":
+        builder.source_dir = manual_dir
+    if prepare and not _is_prepared(builder):
+        _prepare(builder, manual_dir)
+    return builder
+
+
+def _is_prepared(builder) -> bool:
+    return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def _prepare(builder, manual_dir: str) -> None:
+    """Builds the records on process 0; other processes wait at a barrier and then read them."""
+    import tensorflow_datasets as tfds
+
+    process_index, process_count = 0, 1
+    if "jax" in sys.modules:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if process_index == 0:
+        print(f"[data] building {builder.info.full_name} into {builder.data_dir} ...", flush=True)
+        is_demo = getattr(builder, "source_dir", None) is not None
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=None if is_demo else manual_dir)
+        )
+        from sb3dr_jax.data.tfds_builders import write_report
+
+        report = write_report(builder)
+        print(
+            f"[data] done; skipped {builder.info.metadata.get('num_skipped', 0)} items, "
+            f"report: {report}",
+            flush=True,
+        )
+    if process_count > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"prepare {builder.info.full_name}")
+
+
+def dataset_from_config(cfg) -> object:
+    """Returns the prepared TFDS builder described by a config's `dataset` block.
+
+    Args:
+      cfg: a ConfigDict from `sb3dr_jax.configs.common.dataset_config`.
+
+    Returns:
+      The prepared builder.
+    """
+    r = cfg.render
+    demo = (
+        tuple(sorted((k, v) for k, v in cfg.demo.to_dict().items())) if cfg.name == "demo" else ()
+    )
+    return get_dataset(
+        cfg.name,
+        data_dir=cfg.data_dir,
+        root=cfg.root or None,
+        num_views=int(r.num_views),
+        resolution=int(r.resolution),
+        layout=str(r.layout),
+        elevation=float(r.elevation),
+        channels=tuple(r.channels),
+        sketch_size=int(cfg.sketch_size),
+        stroke_width=float(cfg.stroke_width),
+        max_faces=int(cfg.max_faces),
+        max_shapes=int(cfg.max_shapes),
+        max_sketches=int(cfg.max_sketches),
+        demo=demo,
+    )
