@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a fast check")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
-    parser.add_argument("--only", default="", help="comma-separated subset of " + ",".join(BENCHMARKS))
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset of " + ",".join(BENCHMARKS)
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
     results: dict = {"environment": _environment(), "quick": args.quick}
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
             module = importlib.import_module(f"benchmarks.{name}")
             results[name] = module.run(quick=args.quick)
         except Exception as e:  # noqa: BLE001 - one failing benchmark must not hide the others
-            results[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            results[name] = {
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
         results[name]["wall_s"] = round(time.perf_counter() - start, 2)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,28 @@
+"""Train the multi-view SSL teacher: `python -m launch.pretrain [--config ...] [--workdir ...]`.
+
+With no arguments it trains on the built-in demo data into `workdirs/pretrain`. Examples:
+
+    python -m launch.pretrain --config sb3dr_jax/configs/pretrain.py:dataset=tub16
+    python -m launch.pretrain --config.total_steps=1000 --config.longtail.method=none
+"""
+
+from __future__ import annotations
+
+from absl import app
+from ml_collections import config_flags
+
+from launch import common
+
+config_flags.DEFINE_config_file("config", "sb3dr_jax/configs/pretrain.py", "Teacher config file.")
+
+
+def main(argv):
+    del argv
+    workdir = common.setup("workdirs/pretrain")
+    from sb3dr_jax import pretrain
+
+    pretrain.run(common.FLAGS.config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

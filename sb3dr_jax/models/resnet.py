@@ -1,0 +1,134 @@
+"""ResNet view/sketch backbones (He et al. 2016) in Flax Linen.
+
+GroupNorm is the default: its statistics are per example, so a step gives the same result on
+1 device or 8, and no batch statistics need syncing. BatchNorm is available with `axis_name`
+so statistics are averaged over the data-parallel axis. `dtype` sets the compute precision
+(bf16 on GPU/TPU); parameters stay float32 and features are returned as float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "resnet_tiny": dict(stage_sizes=(1, 1, 1, 1), block="basic", num_filters=16),
+    "resnet_small": dict(stage_sizes=(1, 1, 1, 1), block="basic", num_filters=32),
+    "resnet18": dict(stage_sizes=(2, 2, 2, 2), block="basic", num_filters=64),
+    "resnet34": dict(stage_sizes=(3, 4, 6, 3), block="basic", num_filters=64),
+    "resnet50": dict(stage_sizes=(3, 4, 6, 3), block="bottleneck", num_filters=64),
+}
+
+
+def _norm(kind: str, train: bool, dtype, axis_name: str | None, groups: int, zero_init=False):
+    scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+    if kind == "batch":
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=dtype,
+            axis_name=axis_name if train else None,
+            scale_init=scale_init,
+        )
+    return nn.GroupNorm(num_groups=groups, dtype=dtype, scale_init=scale_init)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection."""
+
+    filters: int
+    strides: int
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):
+        r = x
+        y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(x)
+        y = nn.relu(self.norm()(y))
+        y = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=x.dtype)(y)
+        y = self.norm(zero_init=True)(y)
+        if r.shape != y.shape:
+            r = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
+            r = self.norm()(r)
+        return nn.relu(r + y)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 - 3x3 - 1x1 bottleneck with a residual connection (ResNet-50 and up)."""
+
+    filters: int
+    strides: int
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):
+        r = x
+        y = nn.relu(self.norm()(nn.Conv(self.filters, (1, 1), use_bias=False, dtype=x.dtype)(x)))
+        y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(y)
+        y = nn.relu(self.norm()(y))
+        y = nn.Conv(self.filters * 4, (1, 1), use_bias=False, dtype=x.dtype)(y)
+        y = self.norm(zero_init=True)(y)
+        if r.shape != y.shape:
+            r = nn.Conv(self.filters * 4, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
+            r = self.norm()(r)
+        return nn.relu(r + y)
+
+
+class ResNet(nn.Module):
+    """ResNet backbone: images [N, H, W, C] (float in [0, 1]) -> pooled features [N, F]."""
+
+    stage_sizes: Sequence[int] = (1, 1, 1, 1)
+    block: str = "basic"
+    num_filters: int = 16
+    norm: str = "group"
+    groups: int = 8
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        x = x.astype(self.dtype)
+        norm = functools.partial(_norm, self.norm, train, self.dtype, self.axis_name, self.groups)
+        # Small inputs (<= 64 px, CPU configs) keep resolution: a 3x3 stem without max-pool.
+        if x.shape[1] > 64:
+            x = nn.Conv(
+                self.num_filters,
+                (7, 7),
+                2,
+                padding=[(3, 3), (3, 3)],
+                use_bias=False,
+                dtype=self.dtype,
+                name="stem",
+            )(x)
+            x = nn.relu(norm()(x))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        else:
+            x = nn.Conv(self.num_filters, (3, 3), 1, use_bias=False, dtype=self.dtype, name="stem")(
+                x
+            )
+            x = nn.relu(norm()(x))
+        block = BasicBlock if self.block == "basic" else BottleneckBlock
+        for i, n in enumerate(self.stage_sizes):
+            for j in range(n):
+                x = block(self.num_filters * 2**i, 2 if i > 0 and j == 0 else 1, norm)(x)
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+def resnet(preset: str = "resnet_tiny", **overrides) -> ResNet:
+    """Builds a backbone from a preset name.
+
+    Args:
+      preset: one of `PRESETS`.
+      **overrides: ResNet fields (num_filters, norm, dtype, axis_name, ...).
+
+    Returns:
+      The ResNet module.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"model.backbone: unknown {preset!r}; choose from {sorted(PRESETS)}")
+    return ResNet(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,57 @@
+"""Encode every item of a split with a data-parallel apply function (no item dropped)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from sb3dr_jax.data.pipeline import eval_batches
+from sb3dr_jax.train.parallel import DataParallel
+
+
+def encode_split(
+    dp: DataParallel, fn: Callable, params, builder, split: str, *, global_batch: int, key: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Embeds a whole split over all devices and hosts.
+
+    Args:
+      dp: the data-parallel setup.
+      fn: `dp.map_fn` of a per-device `(params, batch) -> embeddings [b, E]`.
+      params: replicated params (as the step holds them).
+      builder: the prepared dataset.
+      split: "shapes", "sketch_train" or "sketch_test".
+      global_batch: items per call over all devices and hosts.
+      key: the batch key the function reads ("views" or "image").
+
+    Returns:
+      (embeddings [n, E] float32, labels [n] int, ids) of every item of the split, the same on
+      every process.
+    """
+    embs, labels, ids, masks = [], [], [], []
+    for batch in eval_batches(builder, split, global_batch=global_batch):
+        out = fn(params, dp.shard({key: batch[key]}))
+        embs.append(dp.gather_outputs(out))
+        labels.append(batch["label"].reshape(-1))
+        masks.append(batch["mask"].reshape(-1))
+        ids.append(batch["id"].reshape(-1))
+    emb, lab, mask = np.concatenate(embs), np.concatenate(labels), np.concatenate(masks)
+    idv = np.concatenate(ids)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        emb, lab, mask = (
+            np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in (emb, lab, mask)
+        )
+        idv = (
+            np.asarray(
+                multihost_utils.process_allgather(
+                    np.array([s.ljust(32, b"\0")[:32] for s in idv], dtype="S32").view(np.uint8),
+                    tiled=True,
+                )
+            )
+            .view("S32")
+            .reshape(-1)
+        )
+    return emb[mask].astype(np.float32), lab[mask], [i.rstrip(b"\0").decode() for i in idv[mask]]
