@@ -42,8 +42,6 @@ def get_dataset(
     Returns:
       The builder, with splits `shapes`, `sketch_train`, `sketch_test`.
     """
-    import tensorflow_datasets as tfds
-
     from sb3dr_jax.data import tfds_builders as tb
 
     if name not in tb.BUILDERS:
