@@ -28,7 +28,7 @@ def setup(default_workdir: str) -> str:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # orbax logs every checkpoint step at INFO through absl; keep the console for progress.
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
     import jax
 
     if FLAGS.coordinator or FLAGS.num_processes:

@@ -196,3 +196,15 @@ def fit(
         jsonl.close()
         mngr.close()
     return dp.unreplicate(dstate)
+
+
+def write_metrics(workdir: str, step: int, scalars: dict[str, float]) -> None:
+    """Appends scalars (e.g. a final evaluation) to the run's TensorBoard and JSONL logs."""
+    if jax.process_index() != 0:
+        return
+    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+    writer.write_scalars(step, scalars)
+    writer.close()
+    jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    jsonl.write(step, scalars)
+    jsonl.close()

@@ -1,0 +1,72 @@
+"""Student (KD) config: `--config sb3dr_jax/configs/distill.py:<args>`.
+
+Args (comma-separated): `smoke`, `dataset=<...>` (default: the teacher's dataset),
+`no_kd` (enhanced triplet only), `plain_triplet` (cross-modal triplet only: no KD, no enhanced
+terms), `balanced` (class-balanced sketch sampling), `online_teacher`, `gpu`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sb3dr_jax.configs.common import dataset_config, parse_args
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    a = parse_args(arg)
+    smoke = "smoke" in a
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.teacher_workdir = "workdirs/pretrain"
+    # Empty name: use the dataset block the teacher was trained with.
+    c.dataset = dataset_config(a.get("dataset", "demo"), smoke=smoke)
+    c.dataset_from_teacher = "dataset" not in a
+    c.model = ml_collections.ConfigDict(
+        dict(backbone="resnet_tiny", num_filters=0, norm="group", dtype="float32", hidden=256)
+    )
+    c.init_from_teacher = True
+    c.online_teacher = "online_teacher" in a
+    c.class_balanced = "balanced" in a
+    c.augment = True
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            w_cen=1.0,
+            w_rel=1.0,
+            w_kl=1.0,
+            w_et=1.0,
+            lam=0.1,
+            temperature=0.1,
+            relational="sp",  # "sp" (similarity preserving) | "rkd"
+            kl_target="pair",  # "pair" | "centre"
+            m_x=0.2,
+            m_s=0.2,
+            mu=0.5,
+            nu=0.1,
+        )
+    )
+    if "no_kd" in a or "plain_triplet" in a:
+        c.loss.update(w_cen=0.0, w_rel=0.0, w_kl=0.0)
+    if "plain_triplet" in a:
+        c.loss.update(mu=0.0, nu=0.0)
+    c.optim = ml_collections.ConfigDict(
+        dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=30, grad_clip=1.0)
+    )
+    c.global_batch = 32
+    c.total_steps = 400
+    c.log_every = 10
+    c.ckpt_every = 100
+    c.keep_ckpts = 3
+    c.eval_every = 0  # the final evaluation always runs
+    c.eval = ml_collections.ConfigDict(dict(global_batch=64, head_min=20, tail_max=5))
+    c.parallel = "pmap"
+    if "gpu" in a:
+        c.model.update(backbone="resnet18", dtype="bfloat16", hidden=1024)
+        c.global_batch, c.total_steps, c.ckpt_every = 256, 10000, 1000
+        c.eval.global_batch = 256
+    if smoke:
+        c.model.update(num_filters=8, hidden=32)
+        c.global_batch, c.total_steps = 8, 2
+        c.log_every, c.ckpt_every = 1, 1
+        c.optim.warmup_steps = 1
+        c.eval.global_batch = 8
+    return c

@@ -1,0 +1,264 @@
+"""The student: cross-modal distillation with the enhanced triplet loss (METHODS.md section 3).
+
+`run(config, workdir)`: frozen-teacher feature table (cached) -> student -> the shared step
+factory and loop -> final sketch-to-shape evaluation -> export (student + retrieval index).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sb3dr_jax import evals
+from sb3dr_jax.data import dataset_from_config
+from sb3dr_jax.data.pipeline import sketch_batches
+from sb3dr_jax.evals.index import RetrievalIndex
+from sb3dr_jax.models import build_model, feature_dim, init_student_from_teacher
+from sb3dr_jax.models.common import l2_normalize, normalize_uint8
+from sb3dr_jax.objectives import kd, triplet
+from sb3dr_jax.serving.export import save_export
+from sb3dr_jax.train import TrainState, data_parallel, fit, gather, make_optimizer, make_step
+from sb3dr_jax.train.augment import augment_sketches
+from sb3dr_jax.train.encode import encode_split
+from sb3dr_jax.train.loop import save_config, write_metrics
+from sb3dr_jax.train.step import AXIS
+from sb3dr_jax.train.teacher_cache import sample_pairs, teacher_table
+
+SUMMARY_KEYS = ("NN", "FT", "ST", "E", "DCG", "mAP", "mAP_shrec_matlab", "mAP_pr_mean")
+
+
+def student_model_kwargs(config, embed_dim: int) -> dict:
+    """JSON-able kwargs that rebuild the student (saved in the export)."""
+    return {**config.model.to_dict(), "embed_dim": int(embed_dim)}
+
+
+def make_loss_fn(config, model, teacher=None):
+    """Per-device distillation loss: KD terms + enhanced triplet over the global batch.
+
+    Args:
+      config: the distill config.
+      model: the student module.
+      teacher: for `online_teacher`, the frozen teacher module (its params come in consts).
+
+    Returns:
+      `loss_fn(params, state, batch, rng, consts)` for `make_step`.
+    """
+    w = config.loss
+
+    def targets(batch, consts, rng):
+        if teacher is not None:  # online: embed the paired shapes' views now
+            emb, _ = teacher.apply(
+                {"params": consts["teacher_params"]}, batch["views"], method="embed"
+            )
+            return jax.lax.stop_gradient(l2_normalize(emb))
+        idx = sample_pairs(rng, batch["label"], consts["members"], consts["counts"])
+        return consts["features"][idx]  # [b, F] cached table lookup
+
+    def loss_fn(params, state, batch, rng, consts):
+        del state
+        r_pair, r_aug = jax.random.split(rng)
+        x = normalize_uint8(batch["image"])  # [b, S, S, 1]
+        if config.augment:
+            x = augment_sketches(r_aug, x)
+        s, _ = model.apply({"params": params}, x)  # [b, E]
+        y, t, centres = batch["label"], targets(batch, consts, r_pair), consts["centres"]
+        s_all, y_all, t_all = gather(s), gather(y), gather(t)  # global batch [G, ...]
+        terms = {}
+        if w.w_cen:
+            terms["cen"] = w.w_cen * kd.centre_alignment_loss(s, y, centres, w.lam).mean()
+        if w.w_rel:
+            rel = kd.rkd_loss if w.relational == "rkd" else kd.relational_kd_loss
+            terms["rel"] = w.w_rel * rel(s_all, t_all)
+        if w.w_kl:
+            kt = centres[y] if w.kl_target == "centre" else t
+            terms["kl"] = w.w_kl * kd.soft_label_kd_loss(s, kt, centres, w.temperature).mean()
+        if w.w_et:
+            off = jax.lax.axis_index(AXIS) * s.shape[0]
+            terms["et"] = (
+                w.w_et
+                * triplet.enhanced_triplet_loss(
+                    s,
+                    y,
+                    t_all,
+                    y_all,
+                    s_all,
+                    y_all,
+                    centres,
+                    m_x=w.m_x,
+                    m_s=w.m_s,
+                    mu=w.mu,
+                    nu=w.nu,
+                    anchor_offset=off,
+                ).mean()
+            )
+        loss = sum(terms.values())
+        return loss, ({f"loss_{k}": v for k, v in terms.items()}, {})
+
+    return loss_fn
+
+
+def _with_paired_views(batches, table, shape_views, seed: int):
+    """Online-teacher mode: the host picks each sketch's paired shape and attaches its views."""
+    rng = np.random.default_rng(seed)
+    for batch in batches:
+        lab = batch["label"]
+        idx = np.empty_like(lab)
+        for pos, c in np.ndenumerate(lab):
+            n = table["counts"][c]
+            idx[pos] = table["members"][c, rng.integers(n)] if n else 0
+        yield {**batch, "views": shape_views[idx]}
+
+
+def _shape_views(builder) -> np.ndarray:
+    """All shapes' views in index order (for the online teacher), [N, V, H, W, C] uint8."""
+    import tensorflow_datasets as tfds
+
+    n = builder.info.splits["shapes"].num_examples
+    out = None
+    for ex in tfds.as_numpy(builder.as_dataset(split="shapes")):
+        if out is None:
+            out = np.zeros((n,) + ex["views"].shape, np.uint8)
+        out[int(ex["index"])] = ex["views"]
+    return out
+
+
+def resolve_config(config, teacher_config):
+    """Takes the teacher's dataset block unless the user chose one."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.dataset_from_teacher:
+        config.dataset = teacher_config.dataset
+    return config
+
+
+def run(config, workdir: str):
+    """Distils the sketch student; writes checkpoints, metrics, `export/` to `workdir`.
+
+    Args:
+      config: a ConfigDict from `sb3dr_jax/configs/distill.py`.
+      workdir: output folder (resumed when it holds checkpoints).
+
+    Returns:
+      The evaluation summary (dict) of the test sketches against all shapes.
+
+    Raises:
+      FileNotFoundError: no teacher checkpoint (the message names the command to run first).
+    """
+    from sb3dr_jax.train.loop import load_config
+
+    try:
+        teacher_config = load_config(config.teacher_workdir)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no teacher in {os.path.abspath(config.teacher_workdir)}: train it first with "
+            f"`python -m launch.pretrain --workdir {config.teacher_workdir}`"
+        ) from None
+    config = resolve_config(config, teacher_config)
+    save_config(config, workdir)
+    dp = data_parallel(config.parallel)
+    builder = dataset_from_config(config.dataset)
+    table = teacher_table(
+        config.teacher_workdir, builder, dp, global_batch=int(config.eval.global_batch)
+    )
+    f_dim = feature_dim(**teacher_config.model.to_dict())
+    model = build_model("sketch_student", **student_model_kwargs(config, f_dim))
+    optimizer = make_optimizer(config.optim, config.total_steps)
+    s = int(builder.info.metadata["sketch_size"])
+    params = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, s, s, 1), jnp.uint8))[
+        "params"
+    ]
+    if config.init_from_teacher:
+        chans = list(builder.info.metadata["render"]["channels"])
+        params = init_student_from_teacher(
+            params, table["params"], chans.index("line") if "line" in chans else None
+        )
+    state = jax.device_get(TrainState.create(params, optimizer))
+    consts = {k: table[k] for k in ("features", "centres", "members", "counts")}
+    teacher = None
+    batches = sketch_batches(
+        builder,
+        "sketch_train",
+        global_batch=config.global_batch,
+        seed=config.seed,
+        class_balanced=config.class_balanced,
+    )
+    if config.online_teacher:
+        teacher, consts["teacher_params"] = table["model"], table["params"]
+        batches = _with_paired_views(batches, table, _shape_views(builder), config.seed)
+    step = make_step(make_loss_fn(config, model, teacher), optimizer)
+    if jax.process_index() == 0:
+        print(
+            f"[distill] teacher step {table['step']} ({table['teacher_id']}), "
+            f"{builder.info.splits['sketch_train'].num_examples} train sketches, "
+            f"{config.total_steps} steps on {dp.num_devices} devices",
+            flush=True,
+        )
+    final = fit(
+        config=config,
+        workdir=workdir,
+        dp=dp,
+        state=state,
+        step_fn=step,
+        batches=batches,
+        consts=consts,
+        total_steps=int(config.total_steps),
+    )
+    index = RetrievalIndex(
+        table["features"],
+        table["ids"],
+        table["labels"],
+        list(builder.info.metadata["class_names"]),
+        table["teacher_id"],
+        {"dataset": builder.info.full_name, "teacher_step": table["step"]},
+    )
+    summary = evaluate_student(config, dp, model, final.params, builder, index)
+    scalars = {f"eval/sketch_test/{k}": summary[k] for k in SUMMARY_KEYS}
+    scalars.update({f"eval/sketch_test/mAP_{g}": r["mAP"] for g, r in summary["groups"].items()})
+    write_metrics(workdir, int(config.total_steps), scalars)
+    if jax.process_index() == 0:
+        save_export(
+            os.path.join(workdir, "export"),
+            student_params=final.params,
+            student_config={"model": student_model_kwargs(config, f_dim), "sketch_size": s},
+            index=index,
+            teacher_id=table["teacher_id"],
+        )
+        print(
+            f"[distill] sketch_test: mAP={summary['mAP']:.4f} NN={summary['NN']:.4f}; "
+            f"export in {os.path.join(workdir, 'export')}",
+            flush=True,
+        )
+    return summary
+
+
+def make_sketch_encoder(dp, model):
+    """Data-parallel student embedding, [b, E]."""
+    return dp.map_fn(lambda p, b: model.apply({"params": p}, b["image"], train=False)[0])
+
+
+def evaluate_student(
+    config, dp, model, params, builder, index: RetrievalIndex, split="sketch_test"
+):
+    """Encodes every sketch of `split` and runs the SHREC protocol against the index."""
+    fn = make_sketch_encoder(dp, model)
+    emb, labels, _ = encode_split(
+        dp,
+        fn,
+        dp.replicate(params),
+        builder,
+        split,
+        global_batch=int(config.eval.global_batch),
+        key="image",
+    )
+    return evals.evaluate_retrieval(
+        emb,
+        labels,
+        index.embeddings,
+        index.labels,
+        class_names=index.class_names,
+        group_thresholds=(int(config.eval.head_min), int(config.eval.tail_max)),
+        num_classes=len(index.class_names),
+    )

@@ -1,0 +1,218 @@
+"""The retrieval index: L2-normalised shape embeddings, their ids and labels, and top-k search.
+
+Saved as `index.npz` (arrays) + `index.json` (format version, encoder identity, class names,
+counts, metadata). `encoder_id` names the model that embedded the gallery (the teacher's
+fingerprint): a query encoder distilled against another teacher lives in another space, so
+loading with a different expected id is refused.
+
+Search is a jitted cosine top-k over a gallery split into shards: per shard `lax.top_k`, then a
+merge of the shard candidates. With several devices the shards live on different devices
+(`shard_map` over a `Mesh(('data',))`), so galleries larger than one device's memory work;
+queries go in fixed-size padded batches, so the search compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+FORMAT_VERSION = 1
+
+
+class IndexMismatchError(ValueError):
+    """An index that does not belong to the query encoder, or is malformed."""
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _topk_single(queries, gallery, valid, k):
+    scores = jnp.where(valid[None], queries @ gallery.T, -jnp.inf)  # [Q, N]
+    return jax.lax.top_k(scores, k)
+
+
+def sharded_topk(queries: np.ndarray, gallery: np.ndarray, k: int, devices=None):
+    """Cosine top-k with the gallery split across devices: per-shard top-k, then a merge.
+
+    Args:
+      queries: [Q, E] unit-norm queries.
+      gallery: [N, E] unit-norm gallery.
+      k: results per query (<= N).
+      devices: devices to shard over (default: all local devices).
+
+    Returns:
+      (scores [Q, k], indices [Q, k]) sorted by score, ties to the lower index.
+    """
+    devices = list(devices or jax.local_devices())
+    n_dev = len(devices)
+    n = gallery.shape[0]
+    per = -(-n // n_dev)
+    kk = min(k, per)
+    pad = per * n_dev - n
+    g = np.concatenate([gallery, np.zeros((pad, gallery.shape[1]), gallery.dtype)])
+    valid = np.arange(per * n_dev) < n
+    mesh = Mesh(np.asarray(devices), ("data",))
+
+    def local(q, g_shard, v_shard):
+        s, i = jax.lax.top_k(jnp.where(v_shard[None], q @ g_shard.T, -jnp.inf), kk)
+        offset = jax.lax.axis_index("data") * per
+        return s[None], (i + offset)[None]  # [1, Q, kk] per shard
+
+    fn = jax.jit(
+        jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data")),
+            out_specs=(P("data"), P("data")),
+            check_vma=False,
+        )
+    )
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+    s, i = fn(put(queries, P()), put(g, P("data")), put(valid, P("data")))  # [S, Q, kk]
+    s = np.moveaxis(np.asarray(s), 0, 1).reshape(queries.shape[0], -1)
+    i = np.moveaxis(np.asarray(i), 0, 1).reshape(queries.shape[0], -1)
+    # Merge: by score descending, then index ascending (lexsort's last key is primary).
+    order = np.lexsort((i, -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+
+@dataclasses.dataclass
+class RetrievalIndex:
+    """A searchable gallery of shape embeddings."""
+
+    embeddings: np.ndarray  # [N, E] float32, L2-normalised
+    model_ids: list[str]
+    labels: np.ndarray  # [N] int
+    class_names: list[str]
+    encoder_id: str
+    metadata: dict = dataclasses.field(default_factory=dict)
+    query_batch: int = 64
+    num_shards: int = 1
+
+    def __post_init__(self):
+        self.embeddings = _unit(self.embeddings)
+        self.labels = np.asarray(self.labels, np.int64)
+        self.model_ids = [str(m) for m in self.model_ids]
+        n = len(self.embeddings)
+        if n == 0 or self.embeddings.ndim != 2:
+            raise ValueError("RetrievalIndex: empty gallery (no shape embeddings)")
+        if len(self.model_ids) != n or len(self.labels) != n:
+            raise IndexMismatchError(
+                f"RetrievalIndex: {n} embeddings but {len(self.model_ids)} ids and "
+                f"{len(self.labels)} labels"
+            )
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k gallery items by cosine similarity.
+
+        Args:
+          queries: [Q, E] (or [E]) query embeddings (normalised here).
+          k: results per query (clipped to the gallery size).
+
+        Returns:
+          (scores [Q, k] cosine similarities, indices [Q, k] into the gallery).
+
+        Raises:
+          ValueError: queries of the wrong dimensionality.
+        """
+        q = np.asarray(queries, np.float32)
+        q = q[None] if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query embeddings must be [Q, {self.dim}], got {list(q.shape)}")
+        k = min(int(k), len(self.embeddings))
+        q = _unit(q)
+        if self.num_shards > 1:
+            devs = jax.local_devices()[: self.num_shards]
+            return sharded_topk(q, self.embeddings, k, devs)
+        out_s, out_i = [], []
+        g, valid = jnp.asarray(self.embeddings), jnp.ones(len(self.embeddings), bool)
+        for start in range(0, len(q), self.query_batch):
+            chunk = q[start : start + self.query_batch]
+            padded = np.zeros((self.query_batch, self.dim), np.float32)
+            padded[: len(chunk)] = chunk
+            s, i = _topk_single(jnp.asarray(padded), g, valid, k)
+            out_s.append(np.asarray(s)[: len(chunk)])
+            out_i.append(np.asarray(i)[: len(chunk)])
+        return np.concatenate(out_s), np.concatenate(out_i)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes `index.npz` and `index.json` into `directory`."""
+        d = pathlib.Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            d / "index.npz",
+            embeddings=self.embeddings,
+            labels=self.labels,
+            model_ids=np.asarray(self.model_ids),
+        )
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "encoder_id": self.encoder_id,
+            "class_names": self.class_names,
+            "num_items": len(self.model_ids),
+            "dim": self.dim,
+            "metadata": self.metadata,
+        }
+        (d / "index.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike, expected_encoder_id: str | None = None
+    ) -> RetrievalIndex:
+        """Reads an index, refusing one built by another encoder or in an unknown format.
+
+        Args:
+          directory: the folder holding `index.npz` and `index.json`.
+          expected_encoder_id: the identity the caller's query encoder was trained against.
+
+        Returns:
+          The index.
+
+        Raises:
+          IndexMismatchError: wrong encoder, unknown format version or inconsistent sizes.
+          FileNotFoundError: missing files.
+        """
+        d = pathlib.Path(directory)
+        meta_path = d / "index.json"
+        if not meta_path.exists() or not (d / "index.npz").exists():
+            raise FileNotFoundError(f"{d}: no index.json/index.npz")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise IndexMismatchError(
+                f"{meta_path}: format version {meta.get('format_version')} is not {FORMAT_VERSION}"
+            )
+        if expected_encoder_id is not None and meta["encoder_id"] != expected_encoder_id:
+            raise IndexMismatchError(
+                f"{meta_path}: index built by encoder {meta['encoder_id']!r}, but the query "
+                f"encoder belongs to {expected_encoder_id!r}"
+            )
+        arr = np.load(d / "index.npz")
+        if len(arr["embeddings"]) != meta["num_items"]:
+            raise IndexMismatchError(
+                f"{meta_path}: num_items {meta['num_items']} but "
+                f"{len(arr['embeddings'])} embeddings"
+            )
+        return cls(
+            arr["embeddings"],
+            [str(x) for x in arr["model_ids"]],
+            arr["labels"],
+            meta["class_names"],
+            meta["encoder_id"],
+            meta.get("metadata", {}),
+        )

@@ -1,0 +1,1 @@
+"""Serving: the export format and the query API. Never imports training code."""
