@@ -43,3 +43,10 @@ def setup(default_workdir: str) -> str:
 
     tf.config.set_visible_devices([], "GPU")
     return FLAGS.workdir or default_workdir
+
+
+def config_path(name: str) -> str:
+    """The packaged default config file `sb3dr_jax/configs/<name>.py` (works from any folder)."""
+    import sb3dr_jax.configs
+
+    return os.path.join(os.path.dirname(sb3dr_jax.configs.__file__), f"{name}.py")

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from launch import common
 
-config_flags.DEFINE_config_file("config", "sb3dr_jax/configs/distill.py", "Student config file.")
+config_flags.DEFINE_config_file("config", common.config_path("distill"), "Student config file.")
 
 
 def main(argv):

@@ -13,7 +13,7 @@ from ml_collections import config_flags
 
 from launch import common
 
-config_flags.DEFINE_config_file("config", "sb3dr_jax/configs/pretrain.py", "Teacher config file.")
+config_flags.DEFINE_config_file("config", common.config_path("pretrain"), "Teacher config file.")
 
 
 def main(argv):

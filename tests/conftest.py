@@ -43,3 +43,61 @@ def qd90(shared_data: pathlib.Path) -> pathlib.Path:
     if not root.exists():
         pytest.skip(f"{root} not found")
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(tmp_path_factory) -> str:
+    """A TFDS data_dir holding the smoke demo dataset (built once per session)."""
+    from sb3dr_jax.configs.common import dataset_config
+    from sb3dr_jax.data import dataset_from_config
+
+    d = str(tmp_path_factory.mktemp("tfds"))
+    cfg = dataset_config("demo", smoke=True)
+    cfg.data_dir = d
+    dataset_from_config(cfg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def smoke_builder(smoke_data_dir):
+    from sb3dr_jax.configs.common import dataset_config
+    from sb3dr_jax.data import dataset_from_config
+
+    cfg = dataset_config("demo", smoke=True)
+    cfg.data_dir = smoke_data_dir
+    return dataset_from_config(cfg)
+
+
+def smoke_config(module: str, data_dir: str, **overrides):
+    """A smoke config of `sb3dr_jax.configs.<module>` pointed at the session's data_dir."""
+    import importlib
+
+    cfg = importlib.import_module(f"sb3dr_jax.configs.{module}").get_config("smoke")
+    cfg.dataset.data_dir = data_dir
+    for k, v in overrides.items():
+        node = cfg
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def teacher_workdir(smoke_data_dir, tmp_path_factory) -> str:
+    """A smoke teacher trained for 2 steps on 8 fake devices (shared by student tests)."""
+    from sb3dr_jax import pretrain
+
+    wd = str(tmp_path_factory.mktemp("teacher"))
+    pretrain.run(smoke_config("pretrain", smoke_data_dir), wd)
+    return wd
+
+
+@pytest.fixture(scope="session")
+def student_workdir(teacher_workdir, smoke_data_dir, tmp_path_factory) -> str:
+    """A smoke student distilled for 2 steps from `teacher_workdir`."""
+    from sb3dr_jax import distill
+
+    wd = str(tmp_path_factory.mktemp("student"))
+    distill.run(smoke_config("distill", smoke_data_dir, teacher_workdir=teacher_workdir), wd)
+    return wd

@@ -53,6 +53,8 @@ def _parse_off(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise MeshError(path, f"bad counts line {rest!r}") from None
     if n_vert < 0 or n_face < 0:
         raise MeshError(path, "negative vertex or face count")
+    if n_vert == 0 or n_face == 0:
+        raise MeshError(path, f"empty mesh ({n_vert} vertices, {n_face} faces)")
     if len(body) < n_vert + n_face:
         raise MeshError(
             path, f"truncated: expected {n_vert} vertices + {n_face} faces, found {len(body)} lines"

@@ -131,11 +131,14 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
         self._shape_counts = [0] * len(layout.classes)
         self._classes = layout.classes
         self._finalise_metadata()
-        return {
-            "shapes": self._generate_examples(shapes, layout),
-            "sketch_train": self._generate_examples(sketches["train"], layout),
-            "sketch_test": self._generate_examples(sketches["test"], layout),
+        splits = {
+            "shapes": shapes,
+            "sketch_train": sketches["train"],
+            "sketch_test": sketches["test"],
         }
+        # TFDS refuses empty splits; a split without items (a broken .cla) is left out and
+        # already listed in the report.
+        return {k: self._generate_examples(v, layout) for k, v in splits.items() if v}
 
     def _generate_examples(self, items: list, layout: DatasetLayout):
         """Yields (key, record) for shape items or sketch items."""

@@ -94,8 +94,9 @@ class ResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
         x = x.astype(self.dtype)
         norm = functools.partial(_norm, self.norm, train, self.dtype, self.axis_name, self.groups)
-        # Small inputs (<= 64 px, CPU configs) keep resolution: a 3x3 stem without max-pool.
-        if x.shape[1] > 64:
+        # ImageNet stem (7x7/2 + max-pool) from 96 px up; a strided 3x3 stem at 48-95 px (the
+        # CPU configs' 64 px views); full resolution below, where every pixel matters.
+        if x.shape[1] >= 96:
             x = nn.Conv(
                 self.num_filters,
                 (7, 7),
@@ -108,9 +109,10 @@ class ResNet(nn.Module):
             x = nn.relu(norm()(x))
             x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
         else:
-            x = nn.Conv(self.num_filters, (3, 3), 1, use_bias=False, dtype=self.dtype, name="stem")(
-                x
-            )
+            stride = 2 if x.shape[1] >= 48 else 1
+            x = nn.Conv(
+                self.num_filters, (3, 3), stride, use_bias=False, dtype=self.dtype, name="stem"
+            )(x)
             x = nn.relu(norm()(x))
         block = BasicBlock if self.block == "basic" else BottleneckBlock
         for i, n in enumerate(self.stage_sizes):

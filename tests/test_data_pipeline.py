@@ -1,0 +1,129 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sb3dr_jax.configs.common import dataset_config
+from sb3dr_jax.data import dataset_from_config
+from sb3dr_jax.data.cla import Cla, ClaClass, read_cla, write_cla
+from sb3dr_jax.data.pipeline import (
+    eval_batches,
+    per_device_batch,
+    process_split,
+    shape_batches,
+    sketch_batches,
+)
+
+
+def test_smoke_demo_records(smoke_builder):
+    info = smoke_builder.info
+    meta = info.metadata
+    assert set(info.splits) == {"shapes", "sketch_train", "sketch_test"}
+    assert sum(meta["shape_counts"]) == info.splits["shapes"].num_examples
+    assert len(meta["class_names"]) == 4 and meta["num_skipped"] == 0
+    assert os.path.exists(os.path.join(smoke_builder.data_dir, "build_report.json"))
+
+
+def test_shape_and_sketch_batches(smoke_builder):
+    b = next(shape_batches(smoke_builder, global_batch=16, seed=0))
+    assert b["views"].shape == (8, 2, 12, 32, 32, 3) and b["views"].dtype == np.uint8
+    assert b["label"].shape == (8, 2) and b["index"].dtype == np.int32
+    s = next(sketch_batches(smoke_builder, global_batch=8, seed=0))
+    assert s["image"].shape == (8, 1, 32, 32, 1) and s["image"].dtype == np.uint8
+    a1 = next(shape_batches(smoke_builder, global_batch=8, seed=5))["index"]
+    a2 = next(shape_batches(smoke_builder, global_batch=8, seed=5))["index"]
+    np.testing.assert_array_equal(a1, a2)  # deterministic given the seed
+    with pytest.raises(ValueError, match="multiple"):
+        per_device_batch(12, 1, 8)
+
+
+@pytest.mark.parametrize("split", ["shapes", "sketch_test"])
+def test_eval_covers_every_item_once(smoke_builder, split):
+    ids, masked = [], 0
+    for b in eval_batches(smoke_builder, split, global_batch=8):
+        assert b["mask"].shape == (8, 1)
+        ids += [i for i, m in zip(b["id"].ravel(), b["mask"].ravel()) if m]
+        masked += int((~b["mask"]).sum())
+    n = smoke_builder.info.splits[split].num_examples
+    assert len(ids) == len(set(ids)) == n
+    assert masked == (-n) % 8
+
+
+def test_class_balanced_sampling(smoke_builder):
+    it = sketch_batches(smoke_builder, global_batch=64, seed=0, class_balanced=True)
+    labels = np.concatenate([next(it)["label"].ravel() for _ in range(10)])
+    freq = np.bincount(labels, minlength=4) / len(labels)
+    np.testing.assert_allclose(freq, 0.25, atol=0.06)
+
+
+def test_process_shards_are_disjoint_and_cover(smoke_builder):
+    import tensorflow_datasets as tfds
+
+    ids = []
+    for p in range(2):
+        ds = smoke_builder.as_dataset(split=process_split("sketch_train", p, 2))
+        ids.append({x["id"] for x in tfds.as_numpy(ds)})
+    assert not ids[0] & ids[1]
+    assert len(ids[0] | ids[1]) == smoke_builder.info.splits["sketch_train"].num_examples
+
+
+def test_bad_input_build_reports_exactly_the_bad_items(tub16, tmp_path):
+    root = tmp_path / "src"
+    (root / "models").mkdir(parents=True)
+    model_cla = read_cla(tub16 / "classes" / "Model.cla")
+    classes = [ClaClass(c.name, "0", c.ids[:2]) for c in model_cla.classes[:3]]
+    for c in classes:
+        for i in c.ids:
+            shutil.copy(tub16 / "models" / f"m{i}.off", root / "models")
+    trunc_id, nan_id = classes[0].ids[0], classes[1].ids[0]
+    text = (root / "models" / f"m{trunc_id}.off").read_text().splitlines()
+    (root / "models" / f"m{trunc_id}.off").write_text("\n".join(text[: len(text) // 2]))
+    (root / "models" / f"m{nan_id}.off").write_text("OFF\n3 1 0\n0 0 0\nnan 1 0\n0 1 1\n3 0 1 2\n")
+    write_cla(root / "classes" / "Model.cla", Cla(tuple(classes)))
+    train = {c.name: c for c in read_cla(tub16 / "classes" / "Sketch_Train.cla").classes}
+    sk = [ClaClass(c.name, "0", train[c.name].ids[:2]) for c in classes]
+    for c in sk:
+        (root / "sketches" / c.name).mkdir(parents=True)
+        for i in c.ids:
+            shutil.copy(tub16 / "sketches" / c.name / f"{i}.png", root / "sketches" / c.name)
+    empty_id = sk[2].ids[0]
+    (root / "sketches" / sk[2].name / f"{empty_id}.png").write_bytes(b"")
+    write_cla(root / "classes" / "Sketch_Train.cla", Cla(tuple(sk)))
+    (root / "classes" / "Sketch_Test.cla").write_text(
+        "PSB 1\n1 3\n\nant 0 3\n1\n2\n"
+    )  # wrong count
+    cfg = dataset_config("shared", smoke=True)
+    cfg.root, cfg.data_dir = str(root), str(tmp_path / "tfds")
+    cfg.render.num_views = 4
+    b = dataset_from_config(cfg)
+    report = json.loads(
+        (tmp_path / "tfds")
+        .joinpath(os.path.relpath(b.data_dir, tmp_path / "tfds"), "build_report.json")
+        .read_text()
+    )
+    reasons = {(r["item"], r["stage"]) for r in report["skipped"]}
+    assert report["num_skipped"] == 4
+    assert (f"model {trunc_id}", "shapes") in reasons and (f"model {nan_id}", "shapes") in reasons
+    assert (f"train sketch {empty_id}", "sketch_train") in reasons
+    assert any(r["stage"] == "layout" and "Sketch_Test.cla" in r["item"] for r in report["skipped"])
+    assert (
+        b.info.splits["shapes"].num_examples == 4
+        and b.info.splits["sketch_train"].num_examples == 5
+    )
+    assert "sketch_test" not in b.info.splits or b.info.splits["sketch_test"].num_examples == 0
+
+
+def test_tub16_builds_at_small_resolution(tub16, tmp_path):
+    cfg = dataset_config("tub16", smoke=True)
+    cfg.data_dir = str(tmp_path)
+    cfg.render.update(num_views=4, resolution=24)
+    cfg.max_sketches = 20
+    b = dataset_from_config(cfg)
+    assert b.info.splits["shapes"].num_examples == 110
+    assert len(b.info.metadata["class_names"]) == 16
+    views = next(shape_batches(b, global_batch=8, seed=0))["views"]
+    assert views.shape[2:] == (4, 24, 24, 3) and views.max() > 0
+    Image.fromarray(views[0, 0, 0])  # valid image data
