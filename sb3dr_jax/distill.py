@@ -25,7 +25,7 @@ from sb3dr_jax.train import TrainState, data_parallel, fit, gather, make_optimiz
 from sb3dr_jax.train.augment import augment_sketches
 from sb3dr_jax.train.encode import encode_split
 from sb3dr_jax.train.loop import save_config, write_metrics
-from sb3dr_jax.train.step import AXIS
+from sb3dr_jax.train.step import AXIS, sample_keys
 from sb3dr_jax.train.teacher_cache import sample_pairs, teacher_table
 
 SUMMARY_KEYS = ("NN", "FT", "ST", "E", "DCG", "mAP", "mAP_shrec_matlab", "mAP_pr_mean")
@@ -54,16 +54,21 @@ def make_loss_fn(config, model, teacher=None):
             emb, _ = teacher.apply(
                 {"params": consts["teacher_params"]}, batch["views"], method="embed"
             )
-            return jax.lax.stop_gradient(l2_normalize(emb))
-        idx = sample_pairs(rng, batch["label"], consts["members"], consts["counts"])
+            centred = emb - consts["mean"]  # the table's space: centred, then normalised
+            return jax.lax.stop_gradient(l2_normalize(centred))
+        one = lambda key, y: sample_pairs(key, y[None], consts["members"], consts["counts"])[0]
+        idx = jax.vmap(one)(rng, batch["label"])  # rng: [b] per-sample keys
         return consts["features"][idx]  # [b, F] cached table lookup
 
     def loss_fn(params, state, batch, rng, consts):
         del state
-        r_pair, r_aug = jax.random.split(rng)
+        # Per-sample keys from global batch positions: independent of the device count.
+        keys = sample_keys(rng, batch["label"].shape[0])  # [b]
+        r_pair = jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys)
         x = normalize_uint8(batch["image"])  # [b, S, S, 1]
         if config.augment:
-            x = augment_sketches(r_aug, x)
+            r_aug = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
+            x = jax.vmap(lambda key, xi: augment_sketches(key, xi[None])[0])(r_aug, x)
         s, _ = model.apply({"params": params}, x)  # [b, E]
         y, t, centres = batch["label"], targets(batch, consts, r_pair), consts["centres"]
         s_all, y_all, t_all = gather(s), gather(y), gather(t)  # global batch [G, ...]
@@ -187,6 +192,7 @@ def run(config, workdir: str):
     )
     if config.online_teacher:
         teacher, consts["teacher_params"] = table["model"], table["params"]
+        consts["mean"] = table["mean"]
         batches = _with_paired_views(batches, table, _shape_views(builder), config.seed)
     step = make_step(make_loss_fn(config, model, teacher), optimizer)
     if jax.process_index() == 0:

@@ -17,9 +17,17 @@ from sb3dr_jax import evals
 from sb3dr_jax.data import dataset_from_config
 from sb3dr_jax.data.pipeline import shape_batches
 from sb3dr_jax.models import build_model
-from sb3dr_jax.models.common import l2_normalize, normalize_uint8
+from sb3dr_jax.models.common import centre_and_normalize, l2_normalize, normalize_uint8
 from sb3dr_jax.objectives import longtail, ssl
-from sb3dr_jax.train import TrainState, data_parallel, fit, gather, make_optimizer, make_step
+from sb3dr_jax.train import (
+    TrainState,
+    data_parallel,
+    fit,
+    gather,
+    make_optimizer,
+    make_step,
+    sample_keys,
+)
 from sb3dr_jax.train.augment import augment_views, bcl_strength
 from sb3dr_jax.train.encode import encode_split
 from sb3dr_jax.train.loop import load_config, save_config
@@ -56,21 +64,26 @@ def make_loss_fn(config, model, num_views: int):
         del consts
         views = batch["views"]  # [b, V, H, W, C] uint8
         b = views.shape[0]
-        r_perm, r_aug, r_str = jax.random.split(rng, 3)
-        perm = jnp.argsort(jax.random.uniform(r_perm, (b, num_views)), axis=1)[:, : 2 * k]
+        # Per-sample keys from global batch positions: independent of the device count.
+        keys = sample_keys(rng, b)  # [b]
+        sub = lambda j: jax.vmap(lambda key: jax.random.fold_in(key, j))(keys)
+        perm = jax.vmap(lambda key: jnp.argsort(jax.random.uniform(key, (num_views,))))(sub(0))
+        perm = perm[:, : 2 * k]  # [b, 2k]: two disjoint subsets A = [:k], B = [k:]
         x = normalize_uint8(jnp.take_along_axis(views, perm[:, :, None, None, None], axis=1))
         if lt == "bcl":
             w = longtail.bcl_weights(state.extra["memory"])[batch["index"]]  # [b]
-            strength = bcl_strength(r_str, w, config.longtail.strength)
+            one = lambda key, wi: bcl_strength(key, wi[None], config.longtail.strength)[0]
+            strength = jax.vmap(one)(sub(1), w)
         else:
             strength = jnp.zeros((b,))
-        x = augment_views(
-            r_aug,
-            x,
-            strength,
+        aug = lambda key, xi, si: augment_views(
+            key,
+            xi[None],
+            si[None],
             min_scale=config.augment.min_scale,
             max_rot_deg=config.augment.max_rot_deg,
-        )  # [b, 2k, H, W, C]
+        )[0]
+        x = jax.vmap(aug)(sub(2), x, strength)  # [b, 2k, H, W, C]
         target = _target_params(config, state, params)
         if method == "per_view":
             _, on = model.apply({"params": params}, x)
@@ -176,6 +189,7 @@ def make_eval_fn(config, dp, model, builder):
             global_batch=int(config.eval.global_batch),
             key="views",
         )
+        emb, _ = centre_and_normalize(emb)  # the gallery space the student is distilled into
         rep = evals.evaluate_retrieval(
             emb,
             labels,

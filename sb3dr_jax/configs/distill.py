@@ -52,9 +52,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=30, grad_clip=1.0)
     )
     c.global_batch = 32
-    c.total_steps = 400
+    c.total_steps = 800
     c.log_every = 10
-    c.ckpt_every = 100
+    c.ckpt_every = 200
     c.keep_ckpts = 3
     c.eval_every = 0  # the final evaluation always runs
     c.eval = ml_collections.ConfigDict(dict(global_batch=64, head_min=20, tail_max=5))

@@ -23,3 +23,21 @@ def normalize_uint8(x: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
 def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-8) -> jnp.ndarray:
     """Scales vectors to unit L2 norm (zero vectors stay zero)."""
     return x * jnp.reciprocal(jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps))
+
+
+def centre_and_normalize(x, mean=None):
+    """Subtracts the gallery mean, then L2-normalises (numpy or jnp, [N, E]).
+
+    Pooled ReLU features are all non-negative, so raw cosines between shapes crowd near 1 and
+    every class centre points the same way; centring spreads them so that cosine distances,
+    margins and softmax temperatures mean something.
+
+    Returns:
+      (normalised [N, E], the mean [E] used).
+    """
+    import numpy as np
+
+    x = np.asarray(x, np.float32)
+    mean = x.mean(0) if mean is None else np.asarray(mean, np.float32)
+    c = x - mean
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12), mean

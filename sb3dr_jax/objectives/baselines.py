@@ -148,6 +148,7 @@ def class_mean_discrepancy(z_sketch, y_sketch, z_shape, y_shape, num_classes: in
     """DCA L_CMD = sum over classes present in both domains of ||E[z_t | y] - E[z_shape | y]||."""
 
     def means(z, y):
+        z = jnp.asarray(z, jnp.float32)
         s = jax.ops.segment_sum(z, y, num_segments=num_classes)
         n = jax.ops.segment_sum(jnp.ones_like(y, z.dtype), y, num_segments=num_classes)
         return s / jnp.maximum(n, 1.0)[:, None], n > 0

@@ -76,5 +76,5 @@ def enhanced_triplet_loss(
         d_s = cosine_distance_matrix(anchors, sketches)
         loss = loss + mu * batch_hard(d_s, same_s & ~self_mask, ~same_s, m_s)
     if nu:
-        loss = loss + nu * cosine_distance(anchors, centres[anchor_labels])
+        loss = loss + nu * cosine_distance(anchors, jnp.asarray(centres)[anchor_labels])
     return loss

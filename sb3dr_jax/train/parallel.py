@@ -38,8 +38,8 @@ class DataParallel:
         if not jax.tree_util.tree_leaves(tree):
             return tree
         if self.mode == "pmap":
-            d = jax.local_device_count()
-            return jax.pmap(lambda x: x)(
+            d = len(self.mesh.local_devices)  # a sub-mesh (tests: 1 of 8 devices) works too
+            return jax.pmap(lambda x: x, devices=self.mesh.local_devices)(
                 jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * d), tree)
             )
         sharding = NamedSharding(self.mesh, P())
@@ -85,7 +85,11 @@ class DataParallel:
         """
         if self.mode == "pmap":
             return jax.pmap(
-                fn, axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,) if donate else ()
+                fn,
+                axis_name=AXIS,
+                in_axes=(0, 0, None, 0),
+                donate_argnums=(0,) if donate else (),
+                devices=self.mesh.local_devices,
             )
         body = jax.shard_map(
             fn,
@@ -99,7 +103,7 @@ class DataParallel:
     def map_fn(self, fn: Callable) -> Callable:
         """Dispatches a per-device `fn(replicated, batch) -> outputs [b, ...]` (evaluation)."""
         if self.mode == "pmap":
-            return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0))
+            return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0), devices=self.mesh.local_devices)
         return jax.jit(
             jax.shard_map(
                 fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False
@@ -113,15 +117,17 @@ class DataParallel:
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def data_parallel(mode: str = "pmap") -> DataParallel:
+def data_parallel(mode: str = "pmap", devices=None) -> DataParallel:
     """The data-parallel setup over all devices of all processes.
 
     Args:
       mode: "pmap" or "shard_map".
+      devices: the devices to use (default: `jax.devices()`; tests pass a subset).
 
     Returns:
       The `DataParallel` helper.
     """
     if mode not in MODES:
         raise ValueError(f"parallel: unknown {mode!r}; choose from {MODES}")
-    return DataParallel(mode, Mesh(np.asarray(jax.devices()), (AXIS,)))
+    devices = jax.devices() if devices is None else list(devices)
+    return DataParallel(mode, Mesh(np.asarray(devices), (AXIS,)))

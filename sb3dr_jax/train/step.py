@@ -31,6 +31,24 @@ def gather(x: jnp.ndarray, axis_name: str = AXIS) -> jnp.ndarray:
     return jax.lax.all_gather(x, axis_name, tiled=True)
 
 
+def sample_keys(rng, b: int, axis_name: str = AXIS) -> jnp.ndarray:
+    """One PRNG key per local sample, keyed by its position in the GLOBAL batch.
+
+    Randomness drawn per sample from these keys does not depend on how the global batch is
+    split over devices, so 1 device and D devices compute the same step.
+
+    Args:
+      rng: the step's key (already folded with the step).
+      b: per-device batch size.
+      axis_name: the data-parallel axis.
+
+    Returns:
+      [b] keys.
+    """
+    first = jax.lax.axis_index(axis_name) * b
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(b))
+
+
 def make_step(
     loss_fn: Callable,
     optimizer: optax.GradientTransformation,
@@ -52,8 +70,10 @@ def make_step(
     """
 
     def step(state: TrainState, batch, rng, consts):
-        # A different key per step and per device, reproducible from the run's seed.
-        rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(axis_name))
+        # A different key per step, reproducible from the run's seed. Not folded with the device:
+        # losses derive per-sample keys from global positions (`sample_keys`), so the result
+        # does not depend on the device count.
+        rng = jax.random.fold_in(rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (metrics, aux)), grads = grad_fn(state.params, state, batch, rng, consts)
         grads = jax.lax.pmean(grads, axis_name)

@@ -1,7 +1,8 @@
 """Teacher targets without a teacher forward in the hot loop.
 
-The frozen teacher embeds every shape once (all V views, pooled, L2-normalised); the table
-(features, labels, class centres, ids) is cached next to the teacher checkpoint as
+The frozen teacher embeds every shape once (all V views, pooled); the table holds those
+descriptors centred on their mean and L2-normalised (see `centre_and_normalize`), with labels,
+class centres and ids. The raw descriptors are cached next to the teacher checkpoint as
 `teacher_features_<step>_<dataset>.npz` with the params' fingerprint, and rebuilt only when the
 checkpoint (or the dataset) changes.
 """
@@ -14,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from sb3dr_jax.models.common import l2_normalize
+from sb3dr_jax.models.common import centre_and_normalize, l2_normalize
 
 
 def fingerprint(params) -> str:
@@ -59,19 +60,21 @@ def teacher_table(teacher_workdir: str, builder, dp, *, global_batch: int) -> di
     path = os.path.join(teacher_workdir, f"teacher_features_{step}_{tag}.npz")
     num_classes = len(builder.info.metadata["class_names"])
     cached = np.load(path) if os.path.exists(path) else None
-    if cached is not None and str(cached["teacher_id"]) == tid:
-        feats, labels, ids = cached["features"], cached["labels"], [str(i) for i in cached["ids"]]
+    if cached is not None and "raw" in cached and str(cached["teacher_id"]) == tid:
+        raw, labels, ids = cached["raw"], cached["labels"], [str(i) for i in cached["ids"]]
     else:
         fn = make_shape_encoder(dp, model)
-        feats, labels, ids = encode_split(
+        raw, labels, ids = encode_split(
             dp, fn, dp.replicate(params), builder, "shapes", global_batch=global_batch, key="views"
         )
         if jax.process_index() == 0:
-            np.savez(path, features=feats, labels=labels, ids=np.asarray(ids), teacher_id=tid)
+            np.savez(path, raw=raw, labels=labels, ids=np.asarray(ids), teacher_id=tid)
+    feats, mean = centre_and_normalize(raw)
     centres = np.asarray(class_centres(feats, labels, num_classes))
     members, counts = class_members(labels, num_classes)
     return {
         "features": feats,
+        "mean": mean,
         "labels": labels,
         "centres": centres,
         "members": members,
