@@ -16,7 +16,10 @@ def _brute(q, g, k):
 def test_sharded_topk_equals_brute_force_on_8_devices():
     assert jax.local_device_count() == 8
     rng = np.random.default_rng(0)
-    q, g = rng.normal(size=(5, 16)).astype(np.float32), rng.normal(size=(103, 16)).astype(np.float32)
+    q, g = (
+        rng.normal(size=(5, 16)).astype(np.float32),
+        rng.normal(size=(103, 16)).astype(np.float32),
+    )
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     s, i = sharded_topk(q / np.linalg.norm(q, axis=1, keepdims=True), g, 10)
     bs, bi = _brute(q, g, 10)
@@ -27,13 +30,21 @@ def test_sharded_topk_equals_brute_force_on_8_devices():
 def test_index_search_save_load(tmp_path):
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(50, 8))
-    idx = RetrievalIndex(emb, [f"m{i}" for i in range(50)], rng.integers(0, 3, 50), ["a", "b", "c"], "teacherA",
-                         query_batch=4)
+    idx = RetrievalIndex(
+        emb,
+        [f"m{i}" for i in range(50)],
+        rng.integers(0, 3, 50),
+        ["a", "b", "c"],
+        "teacherA",
+        query_batch=4,
+    )
     q = rng.normal(size=(9, 8))
     s, i = idx.search(q, k=7)
     bs, bi = _brute(q, emb, 7)
     np.testing.assert_array_equal(i, bi)
-    sharded = RetrievalIndex(emb, idx.model_ids, idx.labels, idx.class_names, "teacherA", num_shards=8)
+    sharded = RetrievalIndex(
+        emb, idx.model_ids, idx.labels, idx.class_names, "teacherA", num_shards=8
+    )
     np.testing.assert_array_equal(sharded.search(q, 7)[1], bi)
     idx.save(tmp_path)
     back = RetrievalIndex.load(tmp_path, expected_encoder_id="teacherA")
@@ -54,6 +65,8 @@ def test_index_bad_input(tmp_path):
         idx.search(np.zeros((2, 3)))
     with pytest.raises(IndexMismatchError):
         RetrievalIndex(rng.normal(size=(5, 4)), list("abc"), np.zeros(5), ["x"], "t")
-    (tmp_path / "index.json").write_text((tmp_path / "index.json").read_text().replace('"format_version": 1', '"format_version": 9'))
+    (tmp_path / "index.json").write_text(
+        (tmp_path / "index.json").read_text().replace('"format_version": 1', '"format_version": 9')
+    )
     with pytest.raises(IndexMismatchError, match="format version"):
         RetrievalIndex.load(tmp_path)

@@ -68,7 +68,9 @@ def test_matlab_and_pr_mean_variants():
         x = j / 20 * 3
         x1 = min(max(math.floor(x), 1), 3)
         x2 = min(x1 + 1, 3)
-        curve.append(prec[x1 - 1] if x1 == x2 else prec[x1 - 1] + (x - x1) * (prec[x2 - 1] - prec[x1 - 1]))
+        curve.append(
+            prec[x1 - 1] if x1 == x2 else prec[x1 - 1] + (x - x1) * (prec[x2 - 1] - prec[x1 - 1])
+        )
     assert m["mAP_pr_mean"] == pytest.approx(np.mean(curve))
 
 
@@ -85,8 +87,15 @@ def test_exclude_self_and_groups():
     centres = rng.normal(size=(3, 8))
     labels = np.repeat([0, 1, 2], [25, 10, 1])
     emb = centres[labels] + 0.01 * rng.normal(size=(36, 8))
-    r = evaluate_retrieval(emb, labels, emb, labels, exclude_self=True, group_thresholds=(20, 5),
-                           class_names=["a", "b", "c"])
+    r = evaluate_retrieval(
+        emb,
+        labels,
+        emb,
+        labels,
+        exclude_self=True,
+        group_thresholds=(20, 5),
+        class_names=["a", "b", "c"],
+    )
     assert r["num_skipped"] == 1  # the class of one has no other member
     assert r["mAP"] == pytest.approx(1.0) and set(r["groups"]) == {"head", "medium"}
     assert r["per_class"]["a"]["num_queries"] == 25

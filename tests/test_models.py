@@ -10,8 +10,16 @@ from sb3dr_jax.train.augment import augment_sketches, augment_views, bcl_strengt
 
 @pytest.mark.parametrize("pooling", ["max", "mean", "attention"])
 def test_teacher_outputs(pooling):
-    m = build_model("ssl_teacher", backbone="resnet_tiny", num_filters=8, pooling=pooling, proj_dim=16,
-                    proj_hidden=32, pred_hidden=32, per_view=True)
+    m = build_model(
+        "ssl_teacher",
+        backbone="resnet_tiny",
+        num_filters=8,
+        pooling=pooling,
+        proj_dim=16,
+        proj_hidden=32,
+        pred_hidden=32,
+        per_view=True,
+    )
     x = jnp.zeros((2, 5, 32, 32, 3), jnp.uint8)
     params = m.init(jax.random.key(0), x)
     emb, aux = m.apply(params, x)
@@ -34,8 +42,14 @@ def test_views_are_permutation_invariant_and_bf16_runs():
 
 
 def test_batchnorm_averages_over_the_data_axis():
-    m = build_model("sketch_student", backbone="resnet_tiny", num_filters=8, norm="batch", embed_dim=4,
-                    axis_name="data")
+    m = build_model(
+        "sketch_student",
+        backbone="resnet_tiny",
+        num_filters=8,
+        norm="batch",
+        embed_dim=4,
+        axis_name="data",
+    )
     x = jax.random.uniform(jax.random.key(0), (8, 2, 16, 16, 1))
     v = m.init(jax.random.key(0), x[0], train=False)
 
@@ -54,10 +68,14 @@ def test_student_init_from_teacher():
     tp = t.init(jax.random.key(0), jnp.zeros((1, 2, 32, 32, 3)))["params"]
     sp = s.init(jax.random.key(1), jnp.zeros((1, 32, 32, 1)))["params"]
     out = init_student_from_teacher(sp, tp, line_channel=2)
-    np.testing.assert_array_equal(out["backbone"]["stem"]["kernel"][..., 0, :],
-                                  tp["encoder"]["backbone"]["stem"]["kernel"][..., 2, :])
+    np.testing.assert_array_equal(
+        out["backbone"]["stem"]["kernel"][..., 0, :],
+        tp["encoder"]["backbone"]["stem"]["kernel"][..., 2, :],
+    )
     k = "BasicBlock_0"
-    np.testing.assert_array_equal(out["backbone"][k]["Conv_0"]["kernel"], tp["encoder"]["backbone"][k]["Conv_0"]["kernel"])
+    np.testing.assert_array_equal(
+        out["backbone"][k]["Conv_0"]["kernel"], tp["encoder"]["backbone"][k]["Conv_0"]["kernel"]
+    )
     np.testing.assert_array_equal(out["head"]["Dense_0"]["kernel"], sp["head"]["Dense_0"]["kernel"])
 
 
@@ -65,7 +83,9 @@ def test_augmentations():
     x = jnp.zeros((3, 2, 32, 32, 1)).at[:, :, 8:24, 8:24].set(1.0)
     a = augment_views(jax.random.key(0), x, jnp.array([0.0, 0.5, 1.0]))
     chex.assert_shape(a, x.shape)
-    np.testing.assert_array_equal(a, augment_views(jax.random.key(0), x, jnp.array([0.0, 0.5, 1.0])))
+    np.testing.assert_array_equal(
+        a, augment_views(jax.random.key(0), x, jnp.array([0.0, 0.5, 1.0]))
+    )
     assert not np.allclose(a, augment_views(jax.random.key(1), x, jnp.array([0.0, 0.5, 1.0])))
     mass = a.sum(axis=(2, 3, 4)) / x.sum(axis=(2, 3, 4))
     assert float(mass.min()) > 0.7  # content is zoomed/rotated, not lost

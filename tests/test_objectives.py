@@ -25,8 +25,12 @@ def test_byol_and_per_view():
     np.testing.assert_allclose(ssl.byol_loss(pa, tb, pb, ta), ref, rtol=1e-5)
     np.testing.assert_allclose(ssl.simsiam_loss(pa, tb, pb, ta), ref, rtol=1e-5)
     p, t = RNG.normal(size=(2, 4, 5)), RNG.normal(size=(2, 4, 5))
-    ref = [np.mean([2 - 2 * unit(p[b, i]) @ unit(t[b, j]) for i in range(4) for j in range(4) if i != j])
-           for b in range(2)]
+    ref = [
+        np.mean(
+            [2 - 2 * unit(p[b, i]) @ unit(t[b, j]) for i in range(4) for j in range(4) if i != j]
+        )
+        for b in range(2)
+    ]
     np.testing.assert_allclose(ssl.per_view_loss(p, t), ref, rtol=1e-5)
     g = jax.grad(lambda t: ssl.byol_loss(pa, t, pb, ta).sum())(jnp.asarray(tb))
     np.testing.assert_array_equal(g, 0)  # stop-gradient on the targets
@@ -49,7 +53,9 @@ def test_bcl_memory_and_weights():
     np.testing.assert_allclose(new, [0.97 * 2 + 0.03 * 1, 2, 0.97 * 2 + 0.03 * 4, 2, 2], rtol=1e-6)
     m = np.array([1.0, 2.0, 6.0, 3.0])
     cm = m - m.mean()
-    np.testing.assert_allclose(longtail.bcl_weights(m), 0.5 + 0.5 * cm / np.abs(cm).max(), rtol=1e-6)
+    np.testing.assert_allclose(
+        longtail.bcl_weights(m), 0.5 + 0.5 * cm / np.abs(cm).max(), rtol=1e-6
+    )
     w = longtail.bcl_weights(jnp.full(4, 3.0))
     np.testing.assert_allclose(w, 0.5)
     assert float(longtail.bcl_weights(m).min()) >= 0 and float(longtail.bcl_weights(m).max()) <= 1
@@ -69,7 +75,9 @@ def test_sdclr_masks():
 def test_centres_and_centre_alignment():
     t, y = RNG.normal(size=(6, 4)), np.array([0, 0, 1, 1, 1, 3])
     c = kd.class_centres(t, y, 4)
-    ref = np.stack([unit(unit(t)[y == k].sum(0)) if (y == k).any() else np.zeros(4) for k in range(4)])
+    ref = np.stack(
+        [unit(unit(t)[y == k].sum(0)) if (y == k).any() else np.zeros(4) for k in range(4)]
+    )
     np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-6)
     s, ys = RNG.normal(size=(3, 4)), np.array([0, 1, 3])
     cc = RNG.normal(size=(4, 4))
@@ -146,15 +154,24 @@ def test_enhanced_triplet_matches_reference_and_slices():
     sk, ys, t, yt, c = _et_inputs()
     kw = dict(m_x=0.2, m_s=0.3, mu=0.5, nu=0.1)
     full = triplet.enhanced_triplet_loss(sk, ys, t, yt, sk, ys, c, **kw, anchor_offset=0)
-    np.testing.assert_allclose(full, _et_reference(sk, ys, t, yt, sk, ys, c, **kw, offset=0), rtol=1e-4)
+    np.testing.assert_allclose(
+        full, _et_reference(sk, ys, t, yt, sk, ys, c, **kw, offset=0), rtol=1e-4
+    )
     # 8 slices of 2 anchors against the global batch average to the global mean
-    parts = [triplet.enhanced_triplet_loss(sk[i : i + 2], ys[i : i + 2], t, yt, sk, ys, c, **kw,
-                                           anchor_offset=i) for i in range(0, 16, 2)]
+    parts = [
+        triplet.enhanced_triplet_loss(
+            sk[i : i + 2], ys[i : i + 2], t, yt, sk, ys, c, **kw, anchor_offset=i
+        )
+        for i in range(0, 16, 2)
+    ]
     np.testing.assert_allclose(np.mean([p.mean() for p in parts]), full.mean(), rtol=1e-5)
     plain = triplet.enhanced_triplet_loss(sk, ys, t, yt, sk, ys, c, m_x=0.2, mu=0.0, nu=0.0)
-    np.testing.assert_allclose(plain, _et_reference(sk, ys, t, yt, sk, ys, c, 0.2, 0, 0, 0, 0), rtol=1e-4)
-    lone = triplet.enhanced_triplet_loss(sk[:1], np.array([9]), t, yt, sk, ys, c[:1].repeat(10, 0),
-                                         mu=0.5, nu=0.0)
+    np.testing.assert_allclose(
+        plain, _et_reference(sk, ys, t, yt, sk, ys, c, 0.2, 0, 0, 0, 0), rtol=1e-4
+    )
+    lone = triplet.enhanced_triplet_loss(
+        sk[:1], np.array([9]), t, yt, sk, ys, c[:1].repeat(10, 0), mu=0.5, nu=0.0
+    )
     np.testing.assert_array_equal(lone, 0.0)  # no positive in the batch: masked, not NaN
 
 
@@ -166,7 +183,9 @@ def test_enhanced_triplet_under_pmap_equals_single_device():
     def per_device(s, y, tt, yy):
         g = lambda x: jax.lax.all_gather(x, "data", tiled=True)
         off = jax.lax.axis_index("data") * s.shape[0]
-        loss = triplet.enhanced_triplet_loss(s, y, g(tt), g(yy), g(s), g(y), c, **kw, anchor_offset=off)
+        loss = triplet.enhanced_triplet_loss(
+            s, y, g(tt), g(yy), g(s), g(y), c, **kw, anchor_offset=off
+        )
         return jax.lax.pmean(loss.mean(), "data")
 
     r = lambda x: x.reshape((8, 2) + x.shape[1:])
@@ -180,16 +199,24 @@ def test_baselines_against_references():
     d = np.linalg.norm(a - b, axis=1)
     ref = np.where(same, d**2 / 0.2, 10 * np.exp(-2.77 / 10 * d))
     np.testing.assert_allclose(baselines.siamese_pair_loss(a, b, same), ref, rtol=1e-5)
-    np.testing.assert_allclose(baselines.siamese_loss(a, a, b, b, same, same, same),
-                               baselines.siamese_pair_loss(a, a, same) + baselines.siamese_pair_loss(b, b, same)
-                               + baselines.siamese_pair_loss(a, b, same), rtol=1e-5)
+    np.testing.assert_allclose(
+        baselines.siamese_loss(a, a, b, b, same, same, same),
+        baselines.siamese_pair_loss(a, a, same)
+        + baselines.siamese_pair_loss(b, b, same)
+        + baselines.siamese_pair_loss(a, b, same),
+        rtol=1e-5,
+    )
     f, y, c = RNG.normal(size=(5, 3)), np.array([0, 1, 2, 0, 1]), RNG.normal(size=(3, 3))
     dd = 0.5 * ((f[:, None] - c[None]) ** 2).sum(-1)
-    ref = [max(0, dd[i, y[i]] + 1.0 - min(dd[i, j] for j in range(3) if j != y[i])) for i in range(5)]
+    ref = [
+        max(0, dd[i, y[i]] + 1.0 - min(dd[i, j] for j in range(3) if j != y[i])) for i in range(5)
+    ]
     np.testing.assert_allclose(baselines.triplet_centre_loss(f, y, c, 1.0), ref, rtol=1e-5)
     p, nv, ns = (RNG.normal(size=(5, 3)) for _ in range(3))
     dist = lambda u, v: np.linalg.norm(u - v, axis=1)
-    ref = np.maximum(0, 0.2 + dist(f, p) - dist(f, nv)) + np.maximum(0, 0.2 + dist(f, p) - dist(f, ns))
+    ref = np.maximum(0, 0.2 + dist(f, p) - dist(f, nv)) + np.maximum(
+        0, 0.2 + dist(f, p) - dist(f, ns)
+    )
     np.testing.assert_allclose(baselines.quadruplet_loss(f, p, nv, ns, 0.2), ref, rtol=1e-5)
     dm = np.linalg.norm(f[:, None] - f[None], axis=-1)
     ref = []
@@ -212,7 +239,9 @@ def test_dcml_and_lwbr_against_references():
     l_d = con(d2(s, s), off) + con(d2(t, t), off)
     l_c = con(d2(s, t), np.ones((4, 4), bool))
     l_2c = ((np.sqrt(d2(s, s)) - np.sqrt(d2(t, t))) ** 2)[off].mean()
-    np.testing.assert_allclose(baselines.dcml_loss(s, y, t, y, 0.3, 1.0), 0.3 * l_d + 0.7 * (l_c + l_2c), rtol=1e-4)
+    np.testing.assert_allclose(
+        baselines.dcml_loss(s, y, t, y, 0.3, 1.0), 0.3 * l_d + 0.7 * (l_c + l_2c), rtol=1e-4
+    )
     ref = np.where(same, d2(s, t), np.maximum(0, 1.0 - d2(s, t))).mean()
     np.testing.assert_allclose(baselines.lwbr_loss(s, y, t, y, 1.0), ref, rtol=1e-5)
 
@@ -220,8 +249,9 @@ def test_dcml_and_lwbr_against_references():
 def test_sinkhorn_barycentre_of_identical_histograms_is_close_to_them():
     h = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
     grid = np.linspace(0, 1, 5)
-    bary = baselines.sinkhorn_barycentre(jnp.asarray(np.stack([h, h])), (grid[:, None] - grid[None]) ** 2,
-                                         eps=0.01, iters=200)
+    bary = baselines.sinkhorn_barycentre(
+        jnp.asarray(np.stack([h, h])), (grid[:, None] - grid[None]) ** 2, eps=0.01, iters=200
+    )
     np.testing.assert_allclose(bary.sum(), 1.0, rtol=1e-3)
     np.testing.assert_allclose(bary, h, atol=0.05)
 
@@ -230,7 +260,9 @@ def test_soft_targets_and_registry():
     logits, probs = RNG.normal(size=(3, 4)), unit(np.abs(RNG.normal(size=(3, 4))) + 0.1) ** 2
     probs = probs / probs.sum(1, keepdims=True)
     lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    np.testing.assert_allclose(baselines.soft_target_kl(logits, probs), (probs * (np.log(probs) - lp)).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(
+        baselines.soft_target_kl(logits, probs), (probs * (np.log(probs) - lp)).sum(1), rtol=1e-5
+    )
     assert get_objective("enhanced_triplet") is triplet.enhanced_triplet_loss
     with pytest.raises(ValueError, match="unknown"):
         get_objective("nope")

@@ -13,7 +13,7 @@ from sb3dr_jax.models import build_model, feature_dim
 from sb3dr_jax.train import TrainState, data_parallel, make_optimizer, make_step
 from sb3dr_jax.train.teacher_cache import class_members
 
-G, V, H, C = 8, 6, 32, 3  # global batch, views, view size, channels
+G, V, H, C = 8, 6, 16, 3  # global batch, views, view size, channels
 N, K = 12, 3  # shapes, classes
 
 

@@ -158,6 +158,7 @@ def fit(
                 scalars = dp.first(metrics)
                 if not all(math.isfinite(v) for v in scalars.values()):
                     bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+                    bad.sort(key=lambda k: k != "loss")  # name the loss first when it is bad
                     raise NonFiniteError(
                         f"non-finite {prefix}/{bad[0]} at step {done}: stopping. The last good "
                         f"checkpoint is step {last_good} in {mngr.directory} (not overwritten)."

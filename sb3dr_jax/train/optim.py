@@ -24,11 +24,12 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     Returns:
       An optax transformation.
     """
-    warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+    # optax needs decay_steps > warmup_steps >= 1, even for a 1-step run.
+    warmup = max(min(int(cfg.warmup_steps), total_steps - 1), 1)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0,
         cfg.lr,
-        warmup_steps=max(warmup, 1),
+        warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1),
         end_value=cfg.lr * 1e-3,
     )

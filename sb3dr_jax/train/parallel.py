@@ -30,6 +30,12 @@ class DataParallel:
     mesh: Mesh
 
     @property
+    def pmap_devices(self) -> list:
+        """Every device of the mesh, on all hosts: pmap's collectives then span the hosts,
+        and each process feeds its local ones (a single-process sub-mesh works too)."""
+        return list(self.mesh.devices.flat)
+
+    @property
     def num_devices(self) -> int:
         return self.mesh.devices.size
 
@@ -39,7 +45,7 @@ class DataParallel:
             return tree
         if self.mode == "pmap":
             d = len(self.mesh.local_devices)  # a sub-mesh (tests: 1 of 8 devices) works too
-            return jax.pmap(lambda x: x, devices=self.mesh.local_devices)(
+            return jax.pmap(lambda x: x, devices=self.pmap_devices)(
                 jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * d), tree)
             )
         sharding = NamedSharding(self.mesh, P())
@@ -89,7 +95,7 @@ class DataParallel:
                 axis_name=AXIS,
                 in_axes=(0, 0, None, 0),
                 donate_argnums=(0,) if donate else (),
-                devices=self.mesh.local_devices,
+                devices=self.pmap_devices,
             )
         body = jax.shard_map(
             fn,
@@ -103,7 +109,7 @@ class DataParallel:
     def map_fn(self, fn: Callable) -> Callable:
         """Dispatches a per-device `fn(replicated, batch) -> outputs [b, ...]` (evaluation)."""
         if self.mode == "pmap":
-            return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0), devices=self.mesh.local_devices)
+            return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0), devices=self.pmap_devices)
         return jax.jit(
             jax.shard_map(
                 fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False

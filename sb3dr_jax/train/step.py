@@ -79,7 +79,7 @@ def make_step(
         grads = jax.lax.pmean(grads, axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         metrics = jax.lax.pmean(metrics, axis_name)
         state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         if post_update is not None:

@@ -1,0 +1,242 @@
+"""The teacher's train step in PyTorch and in JAX, timed side by side in one run.
+
+Same model (ResNet view encoder with GroupNorm, max view pooling, LayerNorm MLP projector and
+predictor), same BYOL objective with an EMA target, same on-device augmentation (affine
+resampling: crop, flip, rotation), same AdamW update and same shapes. PyTorch runs eagerly with
+channels-last tensors (its best CPU memory format); JAX runs the jitted pmap step that
+`launch.pretrain` uses. The ratio is JAX throughput / PyTorch throughput (>1: JAX is faster).
+
+    python benchmarks/torch_reference.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PRESETS = {"resnet_tiny": ((1, 1, 1, 1), 16), "resnet18": ((2, 2, 2, 2), 64)}
+
+
+def _torch_model(preset: str, res: int, proj_hidden: int, proj_dim: int):
+    import torch
+    from torch import nn
+
+    stages, width = PRESETS[preset]
+
+    def gn(c):
+        return nn.GroupNorm(8, c)
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.n1 = gn(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.n2 = gn(cout)
+            self.proj = None
+            if stride != 1 or cin != cout:
+                self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), gn(cout))
+
+        def forward(self, x):
+            y = self.n2(self.c2(torch.relu(self.n1(self.c1(x)))))
+            return torch.relu(y + (x if self.proj is None else self.proj(x)))
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if res >= 96:
+                stem = [
+                    nn.Conv2d(3, width, 7, 2, 3, bias=False),
+                    gn(width),
+                    nn.ReLU(),
+                    nn.MaxPool2d(3, 2, 1),
+                ]
+            else:
+                stem = [
+                    nn.Conv2d(3, width, 3, 2 if res >= 48 else 1, 1, bias=False),
+                    gn(width),
+                    nn.ReLU(),
+                ]
+            layers, cin = [], width
+            for i, n in enumerate(stages):
+                for j in range(n):
+                    cout = width * 2**i
+                    layers.append(Block(cin, cout, 2 if i > 0 and j == 0 else 1))
+                    cin = cout
+            self.net = nn.Sequential(*stem, *layers)
+            self.dim = cin
+
+        def forward(self, views):  # [B, K, C, H, W]
+            b, k = views.shape[:2]
+            f = self.net(views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+            return f.mean((2, 3)).view(b, k, -1).amax(1)
+
+    def mlp(i, h, o):
+        return nn.Sequential(nn.Linear(i, h), nn.LayerNorm(h), nn.ReLU(), nn.Linear(h, o))
+
+    enc = Encoder()
+    online = nn.ModuleDict({"enc": enc, "proj": mlp(enc.dim, proj_hidden, proj_dim)})
+    predictor = mlp(proj_dim, proj_hidden, proj_dim)
+    return online, predictor
+
+
+def _torch_augment(views, gen):
+    import torch
+    import torch.nn.functional as F
+
+    n = views.shape[0] * views.shape[1]
+    scale = torch.empty(n).uniform_(0.6, 1.0, generator=gen)
+    rot = torch.empty(n).uniform_(-1, 1, generator=gen) * math.radians(10)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    shift = torch.empty(n, 2).uniform_(-1, 1, generator=gen) * (1 - scale[:, None] + 0.05)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = scale * torch.cos(rot) * flip
+    theta[:, 0, 1] = -scale * torch.sin(rot)
+    theta[:, 1, 0] = scale * torch.sin(rot) * flip
+    theta[:, 1, 1] = scale * torch.cos(rot)
+    theta[:, :, 2] = shift
+    x = views.flatten(0, 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(
+        x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    ).view_as(views)
+
+
+def torch_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> float:
+    """Seconds per BYOL step in PyTorch (eager, channels-last)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    online, predictor = _torch_model(preset, res, 256, 128)
+    target = copy.deepcopy(online).requires_grad_(False)
+    params = list(online.parameters()) + list(predictor.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    views = torch.randint(0, 255, (batch, 12, 3, res, res), dtype=torch.uint8)
+
+    def loss_fn(p, z):
+        return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)
+
+    def step():
+        perm = torch.argsort(torch.rand(batch, 12, generator=gen), 1)[:, : 2 * k]
+        x = (
+            torch.gather(views, 1, perm[:, :, None, None, None].expand(-1, -1, 3, res, res)).float()
+            / 255
+        )
+        x = _torch_augment(x, gen)
+        both = torch.cat([x[:, :k], x[:, k:]], 0)
+        z_on = online["proj"](online["enc"](both))
+        p = predictor(z_on)
+        with torch.no_grad():
+            z_t = target["proj"](target["enc"](both))
+        loss = (loss_fn(p[:batch], z_t[batch:]) + loss_fn(p[batch:], z_t[:batch])).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for t, o in zip(target.parameters(), online.parameters()):
+                t.mul_(0.99).add_(o, alpha=0.01)
+        return loss
+
+    step()
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def jax_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> float:
+    """Seconds per teacher step in JAX (the jitted pmap step of `launch.pretrain`)."""
+    import jax
+
+    from sb3dr_jax import pretrain
+    from sb3dr_jax.configs.pretrain import get_config
+    from sb3dr_jax.train import data_parallel, make_optimizer, make_step
+
+    c = get_config("")
+    c.model.backbone, c.ssl.views_per_branch, c.longtail.method = preset, k, "none"
+    c.global_batch = batch
+    model = pretrain.teacher_model(c)
+    opt = make_optimizer(c.optim, 1000)
+    views = np.random.default_rng(0).integers(0, 255, (1, batch, 12, res, res, 3), dtype=np.uint8)
+    state = pretrain.init_state(c, model, views[0, :1], batch, opt)
+    dp = data_parallel("pmap", jax.devices()[:1])
+    step = dp.step(
+        make_step(
+            pretrain.make_loss_fn(c, model, 12),
+            opt,
+            post_update=pretrain.make_post_update(c, 1000, 100),
+        )
+    )
+    ds = dp.replicate(state)
+    b = {
+        "views": views,
+        "index": np.zeros((1, batch), np.int32),
+        "label": np.zeros((1, batch), np.int32),
+    }
+    rng = jax.random.key(0)
+    for _ in range(2):
+        ds, m = step(ds, b, rng, {})
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        ds, m = step(ds, b, rng, {})
+    jax.block_until_ready(m)
+    return (time.perf_counter() - t0) / steps
+
+
+def run(quick: bool = False) -> dict:
+    """Times both frameworks on the same configurations.
+
+    Returns:
+      {"cases": [{preset, batch, views, res, jax_s, torch_s, jax_shapes_per_s,
+      torch_shapes_per_s, ratio}], "ratio_default": the CPU default config's ratio}.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return {"skipped": "PyTorch is not installed: pip install -e '.[torch]'"}
+    cases = [("resnet_tiny", 16, 4, 64), ("resnet_tiny", 32, 4, 64), ("resnet18", 8, 4, 64)]
+    if quick:
+        cases = cases[:1]
+    steps = 3 if quick else 6
+    out = []
+    for preset, batch, k, res in cases:
+        j = jax_step_time(preset, batch, k, res, steps)
+        t = torch_step_time(preset, batch, k, res, steps)
+        out.append(
+            {
+                "preset": preset,
+                "batch": batch,
+                "views_per_shape": 2 * k,
+                "res": res,
+                "jax_s_per_step": round(j, 4),
+                "torch_s_per_step": round(t, 4),
+                "jax_shapes_per_s": round(batch / j, 2),
+                "torch_shapes_per_s": round(batch / t, 2),
+                "jax_views_per_s": round(batch * 2 * k / j, 1),
+                "ratio_jax_over_torch": round(t / j, 3),
+            }
+        )
+    return {
+        "cases": out,
+        "ratio_default": out[0]["ratio_jax_over_torch"],
+        "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser",
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

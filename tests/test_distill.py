@@ -1,0 +1,56 @@
+"""Student run: 2 smoke steps against the smoke teacher, the table cache, the export."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import smoke_config
+
+from sb3dr_jax import distill, pretrain
+from sb3dr_jax.configs import distill as distill_config
+from sb3dr_jax.train.teacher_cache import fingerprint
+
+
+def test_distill_smoke_run(student_workdir, teacher_workdir):
+    rows = [json.loads(line) for line in open(os.path.join(student_workdir, "metrics.jsonl"))]
+    train = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(np.isfinite(r["train/loss"]) for r in train)
+    final = [r for r in rows if "eval/sketch_test/mAP" in r]
+    assert final and 0.0 <= final[-1]["eval/sketch_test/mAP"] <= 1.0
+    assert os.path.isdir(os.path.join(student_workdir, "export"))
+    # The table is cached next to the teacher checkpoint, keyed by its step and fingerprint.
+    (path,) = glob.glob(os.path.join(teacher_workdir, "teacher_features_2_*.npz"))
+    cached = np.load(path)
+    _, params, _, _ = pretrain.load_teacher(teacher_workdir)
+    assert str(cached["teacher_id"]) == fingerprint(params)
+    assert np.all(np.isfinite(cached["raw"]))
+
+
+def test_distill_without_teacher_names_the_command(smoke_data_dir, tmp_path):
+    cfg = smoke_config("distill", smoke_data_dir, teacher_workdir=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="python -m launch.pretrain"):
+        distill.run(cfg, str(tmp_path / "student"))
+
+
+def test_distill_reuses_cache_and_runs_ablation(smoke_data_dir, teacher_workdir, tmp_path):
+    (path,) = glob.glob(os.path.join(teacher_workdir, "teacher_features_2_*.npz"))
+    before = os.path.getmtime(path)
+    cfg = distill_config.get_config("smoke,plain_triplet")
+    cfg.dataset.data_dir = smoke_data_dir
+    cfg.teacher_workdir, cfg.total_steps = teacher_workdir, 1
+    summary = distill.run(cfg, str(tmp_path))
+    assert os.path.getmtime(path) == before  # unchanged checkpoint: the table was not rebuilt
+    assert 0.0 <= summary["mAP"] <= 1.0
+
+
+def test_distill_config_ablations():
+    c = distill_config.get_config("no_kd")
+    assert (c.loss.w_cen, c.loss.w_rel, c.loss.w_kl, c.loss.w_et) == (0, 0, 0, 1)
+    assert c.loss.mu > 0
+    c = distill_config.get_config("plain_triplet")
+    assert (c.loss.mu, c.loss.nu) == (0, 0)
