@@ -134,7 +134,7 @@ def _et_reference(a, ya, t, yt, sk, ys, c, m_x, m_s, mu, nu, offset):
     for i in range(len(a)):
         d = cosd(a[i : i + 1], t)[0]
         pos, neg = d[yt == ya[i]], d[yt != ya[i]]
-        l = max(0, m_x + pos.max() - neg.min()) if len(pos) and len(neg) else 0.0
+        loss = max(0, m_x + pos.max() - neg.min()) if len(pos) and len(neg) else 0.0
         ds = cosd(a[i : i + 1], sk)[0]
         same = (ys == ya[i]) & (np.arange(len(sk)) != offset + i)
         if same.any() and (ys != ya[i]).any():
