@@ -138,9 +138,9 @@ def _et_reference(a, ya, t, yt, sk, ys, c, m_x, m_s, mu, nu, offset):
         ds = cosd(a[i : i + 1], sk)[0]
         same = (ys == ya[i]) & (np.arange(len(sk)) != offset + i)
         if same.any() and (ys != ya[i]).any():
-            l += mu * max(0, m_s + ds[same].max() - ds[ys != ya[i]].min())
-        l += nu * cosd(a[i : i + 1], c[ya[i] : ya[i] + 1])[0, 0]
-        out.append(l)
+            loss += mu * max(0, m_s + ds[same].max() - ds[ys != ya[i]].min())
+        loss += nu * cosd(a[i : i + 1], c[ya[i] : ya[i] + 1])[0, 0]
+        out.append(loss)
     return np.array(out)
 
 
