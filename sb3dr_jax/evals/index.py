@@ -141,7 +141,9 @@ class RetrievalIndex:
             devs = jax.local_devices()[: self.num_shards]
             return sharded_topk(q, self.embeddings, k, devs)
         out_s, out_i = [], []
-        g, valid = jnp.asarray(self.embeddings), jnp.ones(len(self.embeddings), bool)
+        if getattr(self, "_device", None) is None:  # upload the gallery once, not per search
+            self._device = (jnp.asarray(self.embeddings), jnp.ones(len(self.embeddings), bool))
+        g, valid = self._device
         for start in range(0, len(q), self.query_batch):
             chunk = q[start : start + self.query_batch]
             padded = np.zeros((self.query_batch, self.dim), np.float32)

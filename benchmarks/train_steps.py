@@ -1,0 +1,116 @@
+"""Train-step throughput: teacher shapes/s and views/s, distill sketches/s, cached vs online.
+
+    python -m benchmarks.train_steps [--quick]
+
+Runs the real step functions (`make_step` + the teacher / student loss) on random batches over
+all local devices (pmap); compile time is excluded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import jax
+import numpy as np
+
+from sb3dr_jax import distill, pretrain
+from sb3dr_jax.configs import distill as distill_config
+from sb3dr_jax.configs import pretrain as pretrain_config
+from sb3dr_jax.models import build_model, feature_dim
+from sb3dr_jax.train import TrainState, data_parallel, make_optimizer, make_step
+from sb3dr_jax.train.teacher_cache import class_members
+
+V, C, K = 12, 3, 10  # views, channels, classes
+
+
+def _time(dp, step, state, batch, consts, iters: int) -> float:
+    """Seconds per step (after one compile-and-warm-up step)."""
+    pstep = dp.step(step)
+    dstate, dconsts, rng = dp.replicate(state), dp.replicate(consts), jax.random.key(0)
+    d = dp.num_devices
+    local = dp.shard(jax.tree_util.tree_map(lambda x: x.reshape((d, -1) + x.shape[1:]), batch))
+    dstate, m = pstep(dstate, local, rng, dconsts)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        dstate, m = pstep(dstate, local, rng, dconsts)
+    jax.block_until_ready(m)
+    return (time.perf_counter() - t0) / iters
+
+
+def teacher(dp, batch_size: int, res: int, iters: int) -> dict:
+    """Teacher (BYOL + BCL) step throughput for one global batch size."""
+    cfg = pretrain_config.get_config("smoke" if res <= 32 else "")
+    model, opt = pretrain.teacher_model(cfg), make_optimizer(cfg.optim, 100)
+    rs, n = np.random.RandomState(0), 4 * batch_size
+    batch = {
+        "views": rs.randint(0, 255, (batch_size, V, res, res, C)).astype(np.uint8),
+        "label": rs.randint(0, K, (batch_size,)).astype(np.int32),
+        "index": rs.permutation(n)[:batch_size].astype(np.int32),
+    }
+    state = pretrain.init_state(cfg, model, batch["views"][:1], n, opt)
+    post = pretrain.make_post_update(cfg, 100, steps_per_epoch=4)
+    sec = _time(dp, make_step(pretrain.make_loss_fn(cfg, model, V), opt, post_update=post),
+                state, batch, {}, iters)  # fmt: skip
+    views = 2 * cfg.ssl.views_per_branch
+    return {"global_batch": batch_size, "shapes_per_s": batch_size / sec,
+            "views_per_s": batch_size * views / sec}  # fmt: skip
+
+
+def student(dp, batch_size: int, res: int, iters: int, online: bool) -> dict:
+    """Distill step throughput (cached table or online teacher) for one global batch size."""
+    tcfg = pretrain_config.get_config("smoke" if res <= 32 else "")
+    cfg = distill_config.get_config("smoke" if res <= 32 else "")
+    f = feature_dim(**tcfg.model.to_dict())
+    model = build_model("sketch_student", **distill.student_model_kwargs(cfg, f))
+    opt, rs, n = make_optimizer(cfg.optim, 100), np.random.RandomState(1), 4 * batch_size
+    labels = np.arange(n) % K
+    feats = rs.randn(n, f).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    members, counts = class_members(labels, K)
+    consts = {"features": feats, "centres": feats[:K], "members": members, "counts": counts}
+    batch = {
+        "image": rs.randint(0, 255, (batch_size, res, res, 1)).astype(np.uint8),
+        "label": (np.arange(batch_size) % K).astype(np.int32),
+        "index": np.arange(batch_size, dtype=np.int32),
+    }
+    teacher_model = None
+    if online:  # the host supplies the paired shapes' views; the frozen teacher runs in step
+        teacher_model = pretrain.teacher_model(tcfg)
+        batch["views"] = rs.randint(0, 255, (batch_size, V, res, res, C)).astype(np.uint8)
+        consts["teacher_params"] = teacher_model.init(
+            jax.random.key(0), batch["views"][:1]
+        )["params"]
+        consts["mean"] = np.zeros((f,), np.float32)
+    params = model.init(jax.random.key(0), batch["image"][:1])["params"]
+    state = jax.device_get(TrainState.create(params, opt))
+    step = make_step(distill.make_loss_fn(cfg, model, teacher_model), opt)
+    sec = _time(dp, step, state, batch, consts, iters)
+    return {"global_batch": batch_size, "online_teacher": online, "sketches_per_s": batch_size / sec}
+
+
+def run(quick: bool = False) -> dict:
+    """Measures the steps; `quick` uses 32 px inputs and fewer sizes/iterations.
+
+    Returns:
+      {"devices", "resolution", "teacher": [...], "distill": [...], "cached_vs_online": [...]}.
+    """
+    dp = data_parallel("pmap")
+    d = dp.num_devices
+    res, iters = (32, 2) if quick else (64, 5)
+    sizes = [d, 2 * d] if quick else [d, 2 * d, 4 * d]
+    out = {"devices": d, "platform": jax.devices()[0].platform, "resolution": res}
+    out["teacher"] = [teacher(dp, b, res, iters) for b in sizes]
+    out["distill"] = [student(dp, 2 * b, res, iters, online=False) for b in sizes]
+    b = 2 * sizes[0]
+    cached = student(dp, b, res, iters, online=False)["sketches_per_s"]
+    online = student(dp, b, res, iters, online=True)["sketches_per_s"]
+    out["cached_vs_online"] = {"global_batch": b, "cached_sketches_per_s": cached,
+                               "online_sketches_per_s": online, "speedup": cached / online}  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
