@@ -80,15 +80,19 @@ def student(dp, batch_size: int, res: int, iters: int, online: bool) -> dict:
     if online:  # the host supplies the paired shapes' views; the frozen teacher runs in step
         teacher_model = pretrain.teacher_model(tcfg)
         batch["views"] = rs.randint(0, 255, (batch_size, V, res, res, C)).astype(np.uint8)
-        consts["teacher_params"] = teacher_model.init(
-            jax.random.key(0), batch["views"][:1]
-        )["params"]
+        consts["teacher_params"] = teacher_model.init(jax.random.key(0), batch["views"][:1])[
+            "params"
+        ]
         consts["mean"] = np.zeros((f,), np.float32)
     params = model.init(jax.random.key(0), batch["image"][:1])["params"]
     state = jax.device_get(TrainState.create(params, opt))
     step = make_step(distill.make_loss_fn(cfg, model, teacher_model), opt)
     sec = _time(dp, step, state, batch, consts, iters)
-    return {"global_batch": batch_size, "online_teacher": online, "sketches_per_s": batch_size / sec}
+    return {
+        "global_batch": batch_size,
+        "online_teacher": online,
+        "sketches_per_s": batch_size / sec,
+    }
 
 
 def run(quick: bool = False) -> dict:
