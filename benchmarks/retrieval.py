@@ -33,7 +33,9 @@ def run(quick: bool = False) -> dict:
     out = {"dim": dim, "k": k, "by_gallery": {}}
     for n in sizes:
         emb = rng.standard_normal((n, dim), dtype=np.float32)
-        index = RetrievalIndex(emb, [str(i) for i in range(n)], np.zeros(n, np.int64), ["x"], "bench")
+        index = RetrievalIndex(
+            emb, [str(i) for i in range(n)], np.zeros(n, np.int64), ["x"], "bench"
+        )
         q = rng.standard_normal((64, dim), dtype=np.float32)
         index.search(q[:1], k)
         lat = []
@@ -47,9 +49,11 @@ def run(quick: bool = False) -> dict:
         for _ in range(reps):
             index.search(q, k)
         qps = reps * 64 / (time.perf_counter() - t0)
-        out["by_gallery"][str(n)] = {"p50_ms": round(float(np.percentile(lat, 50)), 3),
-                                     "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                                     "batch64_queries_per_s": round(qps, 1)}
+        out["by_gallery"][str(n)] = {
+            "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "batch64_queries_per_s": round(qps, 1),
+        }
     return out
 
 

@@ -1,0 +1,24 @@
+"""Tests for the evaluation report writers (markdown, JSON, CSV, PR plot)."""
+
+import json
+import os
+
+import numpy as np
+
+from sb3dr_jax.evals import metrics, report
+
+
+def test_write_all_reports(tmp_path):
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(12, 8)), rng.normal(size=(20, 8))
+    ql, gl = rng.integers(0, 3, 12), np.arange(20) % 3
+    res = metrics.evaluate_retrieval(q, ql, g, gl, class_names=["a", "b", "c"])
+    results = {"m1": res, "m2": res}
+    table = report.markdown_table(results)
+    assert "m1" in table and "mAP" in table
+    paths = report.write_all(str(tmp_path), results)
+    for p in paths.values():
+        assert os.path.getsize(p) > 0
+    with open(tmp_path / "metrics.json") as f:
+        loaded = json.load(f)
+    np.testing.assert_allclose(loaded["m1"]["mAP"], res["mAP"])
