@@ -43,7 +43,9 @@ def run(quick: bool = False) -> dict:
     from sb3dr_jax.data.pipeline import shape_batches, sketch_batches
 
     cfg = dataset_config("demo", smoke=quick)
-    cfg.data_dir = os.environ.get("SB3DR_BENCH_DATA", os.path.join(tempfile.gettempdir(), "sb3dr_bench_tfds"))
+    cfg.data_dir = os.environ.get(
+        "SB3DR_BENCH_DATA", os.path.join(tempfile.gettempdir(), "sb3dr_bench_tfds")
+    )
     builder = dataset_from_config(cfg)
     n = 10 if quick else 40
     gb = 16
@@ -56,13 +58,19 @@ def run(quick: bool = False) -> dict:
     sgb = 64
     sk = _rate(sketch_batches(builder, global_batch=sgb, seed=0), n, sgb)
     s = cfg.sketch_size
-    trivial_sk = tfds.as_numpy(tf.data.Dataset.from_tensors(np.zeros((sgb, s, s, 1), np.uint8)).repeat())
+    trivial_sk = tfds.as_numpy(
+        tf.data.Dataset.from_tensors(np.zeros((sgb, s, s, 1), np.uint8)).repeat()
+    )
     trivial_sk_rate = _rate(iter(trivial_sk), n, sgb)
-    return {"dataset": builder.info.full_name, "views_per_s": round(shapes, 1),
-            "trivial_views_per_s": round(trivial_rate, 1),
-            "views_ratio_to_trivial": round(shapes / trivial_rate, 3),
-            "sketches_per_s": round(sk, 1), "trivial_sketches_per_s": round(trivial_sk_rate, 1),
-            "sketches_ratio_to_trivial": round(sk / trivial_sk_rate, 3)}
+    return {
+        "dataset": builder.info.full_name,
+        "views_per_s": round(shapes, 1),
+        "trivial_views_per_s": round(trivial_rate, 1),
+        "views_ratio_to_trivial": round(shapes / trivial_rate, 3),
+        "sketches_per_s": round(sk, 1),
+        "trivial_sketches_per_s": round(trivial_sk_rate, 1),
+        "sketches_ratio_to_trivial": round(sk / trivial_sk_rate, 3),
+    }
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Renderer throughput: views/s on real PSB meshes (or demo meshes when ../shared is absent).
 
-    python benchmarks/render.py [--quick]
+python benchmarks/render.py [--quick]
 """
 
 from __future__ import annotations
@@ -40,9 +40,14 @@ def run(quick: bool = False) -> dict:
     from sb3dr_jax.data.render import RenderConfig, render_views
 
     source, meshes = _meshes(10 if quick else 40)
-    out = {"source": source, "num_meshes": len(meshes), "backend": "embree ray casting",
-           "mean_faces": round(sum(len(m.faces) for m in meshes) / len(meshes), 1),
-           "cpu_count": os.cpu_count(), "by_resolution": {}}
+    out = {
+        "source": source,
+        "num_meshes": len(meshes),
+        "backend": "embree ray casting",
+        "mean_faces": round(sum(len(m.faces) for m in meshes) / len(meshes), 1),
+        "cpu_count": os.cpu_count(),
+        "by_resolution": {},
+    }
     for res in (64, 128):
         cfg = RenderConfig(num_views=12, resolution=res)
         render_views(meshes[0], cfg)  # warm-up (builds the BVH code paths)
@@ -50,8 +55,10 @@ def run(quick: bool = False) -> dict:
         for m in meshes:
             render_views(m, cfg)
         dt = time.perf_counter() - t0
-        out["by_resolution"][str(res)] = {"views_per_s": round(12 * len(meshes) / dt, 1),
-                                          "meshes_per_s": round(len(meshes) / dt, 2)}
+        out["by_resolution"][str(res)] = {
+            "views_per_s": round(12 * len(meshes) / dt, 1),
+            "meshes_per_s": round(len(meshes) / dt, 2),
+        }
     return out
 
 
