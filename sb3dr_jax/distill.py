@@ -13,17 +13,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sb3dr_jax import evals
 from sb3dr_jax.data import dataset_from_config
 from sb3dr_jax.data.pipeline import sketch_batches
 from sb3dr_jax.evals.index import RetrievalIndex
+from sb3dr_jax.evaluate import evaluate_student
 from sb3dr_jax.models import build_model, feature_dim, init_student_from_teacher
 from sb3dr_jax.models.common import l2_normalize, normalize_uint8
 from sb3dr_jax.objectives import kd, triplet
 from sb3dr_jax.serving.export import save_export
 from sb3dr_jax.train import TrainState, data_parallel, fit, gather, make_optimizer, make_step
 from sb3dr_jax.train.augment import augment_sketches
-from sb3dr_jax.train.encode import encode_split
 from sb3dr_jax.train.loop import save_config, write_metrics
 from sb3dr_jax.train.step import AXIS, sample_keys
 from sb3dr_jax.train.teacher_cache import sample_pairs, teacher_table
@@ -220,7 +219,16 @@ def run(config, workdir: str):
         table["teacher_id"],
         {"dataset": builder.info.full_name, "teacher_step": table["step"]},
     )
-    summary = evaluate_student(config, dp, model, final.params, builder, index)
+    summary = evaluate_student(
+        dp,
+        model,
+        final.params,
+        builder,
+        index,
+        split="sketch_test",
+        global_batch=int(config.eval.global_batch),
+        group_thresholds=(int(config.eval.head_min), int(config.eval.tail_max)),
+    )
     scalars = {f"eval/sketch_test/{k}": summary[k] for k in SUMMARY_KEYS}
     scalars.update({f"eval/sketch_test/mAP_{g}": r["mAP"] for g, r in summary["groups"].items()})
     write_metrics(workdir, int(config.total_steps), scalars)
@@ -238,33 +246,3 @@ def run(config, workdir: str):
             flush=True,
         )
     return summary
-
-
-def make_sketch_encoder(dp, model):
-    """Data-parallel student embedding, [b, E]."""
-    return dp.map_fn(lambda p, b: model.apply({"params": p}, b["image"], train=False)[0])
-
-
-def evaluate_student(
-    config, dp, model, params, builder, index: RetrievalIndex, split="sketch_test"
-):
-    """Encodes every sketch of `split` and runs the SHREC protocol against the index."""
-    fn = make_sketch_encoder(dp, model)
-    emb, labels, _ = encode_split(
-        dp,
-        fn,
-        dp.replicate(params),
-        builder,
-        split,
-        global_batch=int(config.eval.global_batch),
-        key="image",
-    )
-    return evals.evaluate_retrieval(
-        emb,
-        labels,
-        index.embeddings,
-        index.labels,
-        class_names=index.class_names,
-        group_thresholds=(int(config.eval.head_min), int(config.eval.tail_max)),
-        num_classes=len(index.class_names),
-    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import jax
-import numpy as np
 
 from sb3dr_jax import evals
 from sb3dr_jax.data import dataset_from_config
@@ -22,32 +21,63 @@ from sb3dr_jax.train.loop import load_config
 from sb3dr_jax.train.parallel import data_parallel
 
 
-def evaluate_workdir(config, workdir: str, dp) -> dict:
-    """The SHREC summary of one distilled workdir's export on `config.split`."""
-    params, meta, index = load_export(os.path.join(workdir, "export"))
-    run_config = load_config(workdir)
-    builder = dataset_from_config(run_config.dataset)
-    model = build_model("sketch_student", **meta["model"])
+def evaluate_student(
+    dp,
+    model,
+    params,
+    builder,
+    index,
+    *,
+    split: str,
+    global_batch: int,
+    group_thresholds: tuple[int, int],
+) -> dict:
+    """Encodes every sketch of `split` with the student and ranks the index's gallery.
+
+    Args:
+      dp: the data-parallel setup.
+      model: the student module.
+      params: its host params.
+      builder: the dataset holding the query split.
+      index: the gallery (teacher embeddings of all target models).
+      split: the query split.
+      global_batch: sketches per encoding call.
+      group_thresholds: (head_min, tail_max) for the long-tail breakdown.
+
+    Returns:
+      The `evaluate_retrieval` summary.
+    """
     fn = dp.map_fn(lambda p, b: model.apply({"params": p}, b["image"], train=False)[0])
     emb, labels, _ = encode_split(
-        dp,
-        fn,
-        dp.replicate(params),
-        builder,
-        config.split,
-        global_batch=int(config.global_batch),
-        key="image",
+        dp, fn, dp.replicate(params), builder, split, global_batch=global_batch, key="image"
     )
     if len(emb) == 0:
-        raise ValueError(f"{workdir}: split {config.split!r} has no sketches")
+        raise ValueError(f"{builder.info.full_name}: split {split!r} has no sketches")
     return evals.evaluate_retrieval(
         emb,
         labels,
         index.embeddings,
         index.labels,
         class_names=index.class_names,
-        group_thresholds=(int(config.head_min), int(config.tail_max)),
+        group_thresholds=group_thresholds,
         num_classes=len(index.class_names),
+    )
+
+
+def evaluate_workdir(config, workdir: str, dp) -> dict:
+    """The SHREC summary of one distilled workdir's export on `config.split`."""
+    params, meta, index = load_export(os.path.join(workdir, "export"))
+    builder = dataset_from_config(load_config(workdir).dataset)
+    model = build_model("sketch_student", **meta["model"])
+    return evaluate_student(
+        dp,
+        model,
+        params,
+        builder,
+        index,
+        split=config.split,
+        global_batch=int(config.global_batch),
+        group_thresholds=(int(config.head_min), int(config.tail_max)),
     )
 
 
@@ -75,4 +105,4 @@ def run(config, workdirs: list[str], output_dir: str | None = None) -> dict[str,
     return results
 
 
-__all__ = ["evaluate_workdir", "np", "run"]
+__all__ = ["evaluate_student", "evaluate_workdir", "run"]
