@@ -167,7 +167,8 @@ def jax_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> floa
     from sb3dr_jax.train import data_parallel, make_optimizer, make_step
 
     c = get_config("")
-    c.model.backbone, c.ssl.views_per_branch, c.longtail.method = preset, k, "none"
+    c.model.backbone, c.ssl.views_per_branch = preset, k
+    c.longtail.method = os.environ.get("SB3DR_BENCH_LONGTAIL", "none")
     c.global_batch = batch
     model = pretrain.teacher_model(c)
     opt = make_optimizer(c.optim, 1000)
