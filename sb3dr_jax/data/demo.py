@@ -41,28 +41,26 @@ def _box(ext, at) -> trimesh.Trimesh:
     )
 
 
-def _cyl(r, h, at, axis="y", sections=20) -> trimesh.Trimesh:
-    m = trimesh.creation.cylinder(radius=r, height=h, sections=sections)  # along z
+def _along(m: trimesh.Trimesh, axis: str, at, flip_y: bool = False) -> trimesh.Trimesh:
+    """Turns a primitive built along z to lie along `axis`, then moves it to `at`."""
+    sign = -1 if flip_y else 1
     rot = {
-        "y": trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]),
+        "y": trimesh.transformations.rotation_matrix(sign * np.pi / 2, [1, 0, 0]),
         "x": trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]),
         "z": np.eye(4),
     }[axis]
     m.apply_transform(rot)
     m.apply_translation(at)
     return m
+
+
+def _cyl(r, h, at, axis="y", sections=20) -> trimesh.Trimesh:
+    return _along(trimesh.creation.cylinder(radius=r, height=h, sections=sections), axis, at)
 
 
 def _cone(r, h, at, axis="y") -> trimesh.Trimesh:
-    m = trimesh.creation.cone(radius=r, height=h, sections=20)
-    rot = {
-        "y": trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]),
-        "x": trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]),
-        "z": np.eye(4),
-    }[axis]
-    m.apply_transform(rot)
-    m.apply_translation(at)
-    return m
+    # Cones point along +z; flipping the y rotation makes them point up.
+    return _along(trimesh.creation.cone(radius=r, height=h, sections=20), axis, at, flip_y=True)
 
 
 def _sphere(r, at, scale=(1, 1, 1)) -> trimesh.Trimesh:

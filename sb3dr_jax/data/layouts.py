@@ -182,21 +182,11 @@ def _ndjson_keys(path: pathlib.Path) -> set[str]:
     return keys
 
 
-def read_shrec13_layout(root: str | os.PathLike) -> DatasetLayout:
-    """Reads the official SHREC'13 sketch-track layout (see the module docstring)."""
-    root = pathlib.Path(root)
-    problems: list[tuple[str, str]] = []
-    mdir = root / "SHREC13_SBR_TARGET_MODELS"
-    classes, shapes = _read_models(
-        root / "SHREC13_SBR_Model.cla",
-        lambda i: [mdir / "models" / f"m{i}.off", mdir / f"m{i}.off"],
-        problems,
-    )
+def _shrec_sketches(root: pathlib.Path, classes: list[str], problems: list, specs) -> list:
+    """Sketches of the SHREC releases: `<folder>/<class>/<split>/<id>.png` (or without the
+    split level) for each (split, folder, cla file) in `specs`."""
     sketches = []
-    for split, folder, fname in (
-        ("train", "SHREC13_SBR_TRAINING_SKETCHES", "SHREC13_SBR_Sketch_Train.cla"),
-        ("test", "SHREC13_SBR_TESTING_SKETCHES", "SHREC13_SBR_Sketch_Test.cla"),
-    ):
+    for split, folder, fname in specs:
         base = root / folder
 
         def locate(cls: str, sid: str, base=base, split=split):
@@ -207,6 +197,28 @@ def read_shrec13_layout(root: str | os.PathLike) -> DatasetLayout:
         sketches += _read_sketches(
             _read_sketch_cla(p, problems), split, classes, locate, problems, p
         )
+    return sketches
+
+
+def read_shrec13_layout(root: str | os.PathLike) -> DatasetLayout:
+    """Reads the official SHREC'13 sketch-track layout (see the module docstring)."""
+    root = pathlib.Path(root)
+    problems: list[tuple[str, str]] = []
+    mdir = root / "SHREC13_SBR_TARGET_MODELS"
+    classes, shapes = _read_models(
+        root / "SHREC13_SBR_Model.cla",
+        lambda i: [mdir / "models" / f"m{i}.off", mdir / f"m{i}.off"],
+        problems,
+    )
+    sketches = _shrec_sketches(
+        root,
+        classes,
+        problems,
+        (
+            ("train", "SHREC13_SBR_TRAINING_SKETCHES", "SHREC13_SBR_Sketch_Train.cla"),
+            ("test", "SHREC13_SBR_TESTING_SKETCHES", "SHREC13_SBR_Sketch_Test.cla"),
+        ),
+    )
     return DatasetLayout("shrec13", classes, shapes, sketches, problems)
 
 
@@ -221,21 +233,15 @@ def read_shrec14_layout(root: str | os.PathLike) -> DatasetLayout:
         return [mdir / f"M{padded}.off", mdir / f"M{i}.off", mdir / f"m{i}.off"]
 
     classes, shapes = _read_models(root / "SHREC14_SBR_Model.cla", model_paths, problems)
-    base = root / "SHREC14LSSTB_SKETCHES"
-    sketches = []
-    for split, fname in (
-        ("train", "SHREC14_SBR_Sketch_Train.cla"),
-        ("test", "SHREC14_SBR_Sketch_Test.cla"),
-    ):
-
-        def locate(cls: str, sid: str, split=split):
-            img = _image_in([base / cls / split, base / cls], sid)
-            return None if img is None else (img, None)
-
-        p = root / fname
-        sketches += _read_sketches(
-            _read_sketch_cla(p, problems), split, classes, locate, problems, p
-        )
+    sketches = _shrec_sketches(
+        root,
+        classes,
+        problems,
+        (
+            ("train", "SHREC14LSSTB_SKETCHES", "SHREC14_SBR_Sketch_Train.cla"),
+            ("test", "SHREC14LSSTB_SKETCHES", "SHREC14_SBR_Sketch_Test.cla"),
+        ),
+    )
     return DatasetLayout("shrec14", classes, shapes, sketches, problems)
 
 
