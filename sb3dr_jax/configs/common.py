@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import ml_collections
@@ -23,7 +24,11 @@ def parse_args(arg: str | None) -> dict[str, str]:
 
 
 def shared_data_root(name: str) -> str:
-    """Resolves a `../shared/data/<name>` folder (repository parent first, then cwd parent)."""
+    """Resolves a `../shared/data/<name>` folder: `$SB3DR_SHARED_DATA/<name>` when set, else
+    beside the repository, else beside the current folder."""
+    env = os.environ.get("SB3DR_SHARED_DATA")
+    if env:
+        return str(pathlib.Path(env) / name)
     for base in (_REPO.parent, pathlib.Path.cwd().parent, pathlib.Path.cwd()):
         p = base / "shared" / "data" / name
         if p.is_dir():
