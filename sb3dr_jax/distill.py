@@ -53,7 +53,8 @@ def make_loss_fn(config, model, teacher=None):
             emb, _ = teacher.apply(
                 {"params": consts["teacher_params"]}, batch["views"], method="embed"
             )
-            centred = emb - consts["mean"]  # the table's space: centred, then normalised
+            # The table's space: unit descriptor, centred on the gallery mean, normalised again.
+            centred = l2_normalize(emb) - consts["mean"]
             return jax.lax.stop_gradient(l2_normalize(centred))
         one = lambda key, y: sample_pairs(key, y[None], consts["members"], consts["counts"])[0]
         idx = jax.vmap(one)(rng, batch["label"])  # rng: [b] per-sample keys
@@ -117,17 +118,22 @@ def _with_paired_views(batches, table, shape_views, seed: int):
         yield {**batch, "views": shape_views[idx]}
 
 
-def _shape_views(builder) -> np.ndarray:
-    """All shapes' views in index order (for the online teacher), [N, V, H, W, C] uint8."""
+def _shape_views(builder, ids: list[str]) -> np.ndarray:
+    """All shapes' views in the teacher table's row order (for the online teacher).
+
+    Args:
+      builder: the dataset.
+      ids: the table's model ids (its rows follow the evaluation iteration order).
+
+    Returns:
+      [N, V, H, W, C] uint8, row i = the views of model `ids[i]`.
+    """
     import tensorflow_datasets as tfds
 
-    n = builder.info.splits["shapes"].num_examples
-    out = None
-    for ex in tfds.as_numpy(builder.as_dataset(split="shapes")):
-        if out is None:
-            out = np.zeros((n,) + ex["views"].shape, np.uint8)
-        out[int(ex["index"])] = ex["views"]
-    return out
+    by_id = {
+        ex["id"].decode(): ex["views"] for ex in tfds.as_numpy(builder.as_dataset(split="shapes"))
+    }
+    return np.stack([by_id[i] for i in ids])
 
 
 def resolve_config(config, teacher_config):
@@ -192,7 +198,9 @@ def run(config, workdir: str):
     if config.online_teacher:
         teacher, consts["teacher_params"] = table["model"], table["params"]
         consts["mean"] = table["mean"]
-        batches = _with_paired_views(batches, table, _shape_views(builder), config.seed)
+        batches = _with_paired_views(
+            batches, table, _shape_views(builder, table["ids"]), config.seed
+        )
     step = make_step(make_loss_fn(config, model, teacher), optimizer)
     if jax.process_index() == 0:
         print(
