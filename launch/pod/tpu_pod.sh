@@ -21,7 +21,7 @@ run_all() {
   gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone="${ZONE}" --worker=all --command="$1"
 }
 
-run_all "cd ${REPO} && pip install -q -e '.[tpu]' 2>/dev/null || pip install -q -e . 'jax[tpu]'"
+run_all "cd ${REPO} && pip install -q -e '.[tpu]'"
 run_all "cd ${REPO} && python -m launch.pretrain \
   --config=sb3dr_jax/configs/pretrain.py:dataset=${DATASET},gpu ${COMMON} \
   --config.global_batch=1024 --workdir=${BUCKET}/runs/${DATASET}/pretrain"
