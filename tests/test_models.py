@@ -1,11 +1,21 @@
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sb3dr_jax.models import build_model, feature_dim, init_student_from_teacher
-from sb3dr_jax.train.augment import augment_sketches, augment_views, bcl_strength
+from sb3dr_jax.models import (
+    MLP,
+    PRESETS,
+    ViewPooling,
+    build_model,
+    feature_dim,
+    init_student_from_teacher,
+    resnet,
+)
+from sb3dr_jax.models.common import normalize_uint8
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean", "attention"])
@@ -79,23 +89,131 @@ def test_student_init_from_teacher():
     np.testing.assert_array_equal(out["head"]["Dense_0"]["kernel"], sp["head"]["Dense_0"]["kernel"])
 
 
-def test_augmentations():
-    x = jnp.zeros((3, 2, 32, 32, 1)).at[:, :, 8:24, 8:24].set(1.0)
-    a = augment_views(jax.random.key(0), x, jnp.array([0.0, 0.5, 1.0]))
-    chex.assert_shape(a, x.shape)
-    np.testing.assert_array_equal(
-        a, augment_views(jax.random.key(0), x, jnp.array([0.0, 0.5, 1.0]))
+def test_normalize_uint8():
+    x = jnp.array([0, 51, 255], jnp.uint8)
+    out = normalize_uint8(x)
+    chex.assert_type(out, jnp.float32)
+    np.testing.assert_allclose(out, [0.0, 0.2, 1.0], rtol=1e-6)
+    chex.assert_type(normalize_uint8(x, jnp.bfloat16), jnp.bfloat16)
+    f = jnp.array([0.5], jnp.float32)
+    np.testing.assert_array_equal(normalize_uint8(f), f)  # floats are not rescaled
+
+
+@pytest.mark.parametrize(
+    "preset,feat", [("resnet_tiny", 128), ("resnet18", 512), ("resnet50", 2048)]
+)
+def test_presets_feature_dims(preset, feat):
+    bb = resnet(preset)
+    assert bb.feature_dim == feat == feature_dim(backbone=preset)
+    # Shapes only (no compute): the big presets stay cheap on CPU.
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    out = jax.eval_shape(lambda a: bb.init_with_output(jax.random.key(0), a)[0], x)
+    assert out.shape == (2, feat) and out.dtype == jnp.float32
+    assert set(PRESETS) >= {"resnet_tiny", "resnet18", "resnet50"}
+
+
+def test_narrow_widths_and_large_inputs_run():
+    # 12 filters: GroupNorm falls back to a divisor of the channel count (6 groups).
+    bb = resnet("resnet_tiny", num_filters=12)
+    x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))  # ImageNet stem from 96 px
+    out, _ = bb.init_with_output(jax.random.key(1), x)
+    chex.assert_shape(out, (2, bb.feature_dim))
+    chex.assert_tree_all_finite(out)
+
+
+def test_bad_config_raises_naming_the_field():
+    with pytest.raises(ValueError, match="model.norm"):
+        build_model("sketch_student", norm="instance", embed_dim=4)
+    with pytest.raises(ValueError, match="model.backbone"):
+        build_model("ssl_teacher", backbone="vgg")
+    with pytest.raises(ValueError, match="model.dtype"):
+        build_model("ssl_teacher", dtype="fp8")
+    with pytest.raises(ValueError, match="model.pooling"):
+        build_model("ssl_teacher", pooling="sum")
+    with pytest.raises(ValueError, match="model.embed_dim"):
+        build_model("sketch_student")
+    with pytest.raises(ValueError, match="unknown config keys.*'poolng'"):
+        build_model("ssl_teacher", poolng="mean")
+    with pytest.raises(ValueError, match="model name"):
+        build_model("teacher")
+    with pytest.raises(ValueError, match="model.head_norm"):
+        m = build_model("sketch_student", embed_dim=4, num_filters=8, head_norm="rms")
+        m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+
+
+def test_config_round_trips_through_json():
+    kw = dict(
+        backbone="resnet_tiny", num_filters=8, norm="group", dtype="float32", embed_dim=6, hidden=0
     )
-    assert not np.allclose(a, augment_views(jax.random.key(1), x, jnp.array([0.0, 0.5, 1.0])))
-    mass = a.sum(axis=(2, 3, 4)) / x.sum(axis=(2, 3, 4))
-    assert float(mass.min()) > 0.7  # content is zoomed/rotated, not lost
-    many = jnp.repeat(x[:1], 64, axis=0)  # one shape, 64 draws per strength
-    weak = augment_views(jax.random.key(3), many, jnp.zeros(64))
-    strong = augment_views(jax.random.key(3), many, jnp.ones(64))
-    change = lambda y: float(jnp.abs(y - many).mean())
-    assert change(strong) > change(weak)  # stronger = more change
-    sk = augment_sketches(jax.random.key(0), x[:, 0])
-    chex.assert_shape(sk, x[:, 0].shape)
-    w = jnp.array([0.0, 1.0] * 500)
-    st = bcl_strength(jax.random.key(0), w, 1.0)
-    assert float(st[::2].max()) == 0.0 and 0.4 < float(st[1::2].mean()) < 0.6
+    m1 = build_model("sketch_student", **kw)
+    m2 = build_model("sketch_student", **json.loads(json.dumps(kw)))
+    x = jnp.zeros((2, 16, 16, 1), jnp.uint8)
+    p = m1.init(jax.random.key(0), x)
+    a, aux = m1.apply(p, x)
+    b, _ = m2.apply(p, x)  # the rebuilt model accepts the saved params
+    np.testing.assert_array_equal(a, b)
+    chex.assert_shape(a, (2, 6))
+    chex.assert_shape(aux["features"], (2, feature_dim(**kw)))
+    assert set(p["params"]["head"]) == {"kernel", "bias"}  # hidden=0: one linear layer
+
+
+def test_view_pooling_modes():
+    f = jax.random.normal(jax.random.key(0), (2, 5, 8))  # [B, V, F]
+    perm = jnp.array([3, 0, 4, 1, 2])
+    for kind, ref in [("max", f.max(1)), ("mean", f.mean(1))]:
+        out, _ = ViewPooling(kind).init_with_output(jax.random.key(0), f)
+        np.testing.assert_allclose(out, ref, rtol=1e-6)
+    pool = ViewPooling("attention")
+    v = pool.init(jax.random.key(1), f)
+    out = pool.apply(v, f)
+    chex.assert_shape(out, (2, 8))
+    np.testing.assert_allclose(pool.apply(v, f[:, perm]), out, rtol=1e-5, atol=1e-6)
+    # A convex combination of the views (softmax weights over V): within their range.
+    assert bool(jnp.all(out <= f.max(1) + 1e-5)) and bool(jnp.all(out >= f.min(1) - 1e-5))
+    assert not np.allclose(out, f.mean(1))  # learned, non-uniform scores
+
+
+def test_mlp_batchnorm_head_syncs_over_devices():
+    mlp = MLP(hidden=6, out=3, norm="batch", axis_name="data")
+    x = jax.random.normal(jax.random.key(0), (8, 4, 5))  # [D, b, D_in]
+    v = mlp.init(jax.random.key(1), x[0], train=False)
+    out, upd = jax.pmap(
+        lambda xx: mlp.apply(v, xx, train=True, mutable=["batch_stats"]), axis_name="data"
+    )(x)
+    chex.assert_shape(out, (8, 4, 3))
+    mean = upd["batch_stats"]["BatchNorm_0"]["mean"]
+    np.testing.assert_allclose(mean[0], mean[5], rtol=1e-5)
+    # Same as one device seeing the global batch.
+    _, single = MLP(hidden=6, out=3, norm="batch").apply(
+        {"params": v["params"], "batch_stats": v["batch_stats"]},
+        x.reshape(32, 5),
+        train=True,
+        mutable=["batch_stats"],
+    )
+    np.testing.assert_allclose(mean[0], single["batch_stats"]["BatchNorm_0"]["mean"], rtol=1e-4)
+    t = build_model("ssl_teacher", num_filters=8, head_norm="batch", proj_dim=4)
+    vt = t.init(jax.random.key(0), jnp.zeros((2, 2, 16, 16, 1)), train=False)
+    assert "batch_stats" in vt and "projector" in vt["batch_stats"]
+
+
+def test_student_init_channel_sum_without_line_index():
+    t = build_model("ssl_teacher", num_filters=8)
+    s = build_model("sketch_student", num_filters=8, embed_dim=16)
+    tp = t.init(jax.random.key(0), jnp.zeros((1, 2, 16, 16, 3)))["params"]
+    sp = s.init(jax.random.key(1), jnp.zeros((1, 16, 16, 1)))["params"]
+    out = init_student_from_teacher(sp, tp)
+    np.testing.assert_allclose(
+        out["backbone"]["stem"]["kernel"][..., 0, :],
+        tp["encoder"]["backbone"]["stem"]["kernel"].sum(2),
+        rtol=1e-6,
+    )
+    chex.assert_trees_all_equal_shapes(out, sp)
+    # Every backbone leaf came from the teacher.
+    flat_t = jax.tree_util.tree_leaves(tp["encoder"]["backbone"])
+    flat_o = jax.tree_util.tree_leaves(out["backbone"])
+    same = sum(bool(np.array_equal(a, b)) for a, b in zip(flat_t, flat_o, strict=True))
+    assert same == len(flat_t) - 1  # all but the (channel-summed) stem
+    with pytest.raises(ValueError, match="line_channel=3"):
+        init_student_from_teacher(sp, tp, line_channel=3)
+    with pytest.raises(ValueError, match="teacher_params"):
+        init_student_from_teacher(sp, sp)

@@ -13,10 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sb3dr_jax.models.multiview import MLP, MultiViewEncoder, SketchEncoder, SSLModel, ViewPooling
+from sb3dr_jax.models.multiview import (
+    MLP,
+    POOLINGS,
+    MultiViewEncoder,
+    SketchEncoder,
+    SSLModel,
+    ViewPooling,
+)
 from sb3dr_jax.models.resnet import PRESETS, ResNet, resnet
 
 __all__ = [
+    "MODEL_KWARGS",
     "MLP",
     "MultiViewEncoder",
     "PRESETS",
@@ -33,21 +41,39 @@ __all__ = [
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+# Plain JSON-able keyword arguments each registered model accepts (a saved config rebuilds it).
+_BACKBONE_KW = {"backbone", "num_filters", "norm", "groups", "dtype", "axis_name"}
+MODEL_KWARGS: dict[str, set[str]] = {
+    "ssl_teacher": _BACKBONE_KW
+    | {"pooling", "proj_hidden", "proj_dim", "pred_hidden", "per_view", "head_norm"},
+    "sketch_student": _BACKBONE_KW | {"embed_dim", "hidden", "head_norm"},
+}
+
 
 def _backbone(kw: dict[str, Any]) -> ResNet:
+    dtype = kw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype: unknown {dtype!r}; choose from {sorted(DTYPES)}")
     return resnet(
         kw.get("backbone", "resnet_tiny"),
-        num_filters=kw.get("num_filters") or None,
+        num_filters=kw.get("num_filters") or None,  # 0 / None: the preset's width
         norm=kw.get("norm", "group"),
-        dtype=DTYPES[kw.get("dtype", "float32")],
+        groups=kw.get("groups") or None,
+        dtype=DTYPES[dtype],
         axis_name=kw.get("axis_name"),
     )
 
 
 def feature_dim(**kw) -> int:
-    """The teacher's embedding size F for the given backbone kwargs."""
-    bb = _backbone(kw)
-    return bb.num_filters * 2 ** (len(bb.stage_sizes) - 1) * (4 if bb.block == "bottleneck" else 1)
+    """The teacher's embedding size F for the given model kwargs (non-backbone keys ignored).
+
+    Args:
+      **kw: model kwargs as for `build_model` (backbone, num_filters, ...).
+
+    Returns:
+      F, the pooled feature size of the backbone.
+    """
+    return _backbone(kw).feature_dim
 
 
 def build_model(name: str, **kw) -> flax.linen.Module:
@@ -55,24 +81,46 @@ def build_model(name: str, **kw) -> flax.linen.Module:
 
     Args:
       name: "ssl_teacher" or "sketch_student".
-      **kw: backbone (preset), num_filters, norm ("group" | "batch"), dtype ("float32" |
-        "bfloat16"), axis_name; teacher: pooling, proj_hidden, proj_dim, pred_hidden, per_view;
-        student: embed_dim, hidden.
+      **kw: backbone (preset), num_filters (0: the preset's), norm ("group" | "batch"), groups,
+        dtype ("float32" | "bfloat16" | "float16"), axis_name (BatchNorm's device axis),
+        head_norm ("layer" | "batch"); teacher: pooling ("max" | "mean" | "attention"),
+        proj_hidden, proj_dim, pred_hidden, per_view; student: embed_dim (required), hidden
+        (0: linear head).
 
     Returns:
       The Flax module.
+
+    Raises:
+      ValueError: unknown name or keyword, or a missing `embed_dim` for the student.
     """
+    if name not in MODEL_KWARGS:
+        raise ValueError(f"model name: unknown {name!r}; choose from {sorted(MODEL_KWARGS)}")
+    unknown = sorted(set(kw) - MODEL_KWARGS[name])
+    if unknown:
+        raise ValueError(
+            f"model ({name}): unknown config keys {unknown}; known: {sorted(MODEL_KWARGS[name])}"
+        )
+    head_norm = kw.get("head_norm", "layer")
     if name == "ssl_teacher":
+        pooling = kw.get("pooling", "max")
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling: unknown {pooling!r}; choose from {POOLINGS}")
         return SSLModel(
-            MultiViewEncoder(_backbone(kw), kw.get("pooling", "max")),
+            MultiViewEncoder(_backbone(kw), pooling),
             proj_hidden=kw.get("proj_hidden", 512),
             proj_dim=kw.get("proj_dim", 128),
             pred_hidden=kw.get("pred_hidden", 512),
-            per_view=kw.get("per_view", False),
+            per_view=bool(kw.get("per_view", False)),
+            head_norm=head_norm,
         )
-    if name == "sketch_student":
-        return SketchEncoder(_backbone(kw), embed_dim=kw["embed_dim"], hidden=kw.get("hidden", 512))
-    raise ValueError(f"model name: unknown {name!r} (ssl_teacher | sketch_student)")
+    if "embed_dim" not in kw:
+        raise ValueError("model.embed_dim: required for sketch_student (the teacher's F)")
+    return SketchEncoder(
+        _backbone(kw),
+        embed_dim=int(kw["embed_dim"]),
+        hidden=kw.get("hidden", 512),
+        head_norm=head_norm,
+    )
 
 
 def init_student_from_teacher(student_params, teacher_params, line_channel: int | None = None):
@@ -89,8 +137,21 @@ def init_student_from_teacher(student_params, teacher_params, line_channel: int 
 
     Returns:
       New student params; leaves whose shapes do not match are kept from the student.
+
+    Raises:
+      ValueError: the trees are not a teacher's / student's params, or `line_channel` is out
+        of range.
     """
-    src = flax.traverse_util.flatten_dict(flax.core.unfreeze(teacher_params["encoder"]["backbone"]))
+    try:
+        teacher_bb = teacher_params["encoder"]["backbone"]
+    except (KeyError, TypeError) as e:
+        raise ValueError("teacher_params: expected SSLModel params with encoder/backbone") from e
+    if "backbone" not in student_params:
+        raise ValueError("student_params: expected SketchEncoder params with a backbone")
+    c_in = teacher_bb["stem"]["kernel"].shape[2]
+    if line_channel is not None and not 0 <= line_channel < c_in:
+        raise ValueError(f"line_channel={line_channel}: the teacher's stem has {c_in} channels")
+    src = flax.traverse_util.flatten_dict(flax.core.unfreeze(teacher_bb))
     dst = flax.traverse_util.flatten_dict(flax.core.unfreeze(student_params))
     out = dict(dst)
     for k, v in dst.items():
@@ -98,6 +159,7 @@ def init_student_from_teacher(student_params, teacher_params, line_channel: int 
             continue
         t = src[k[1:]]
         if k[1:] == ("stem", "kernel") and t.shape[2] != v.shape[2]:
+            # [kh, kw, C, F] -> [kh, kw, 1, F]: a sketch looks like the line channel alone.
             t = (
                 t[:, :, line_channel : line_channel + 1]
                 if line_channel is not None
@@ -109,5 +171,12 @@ def init_student_from_teacher(student_params, teacher_params, line_channel: int 
 
 
 def param_count(params) -> int:
-    """Number of scalars in a params tree."""
+    """Number of scalars in a params tree.
+
+    Args:
+      params: any pytree of arrays.
+
+    Returns:
+      The total element count.
+    """
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

@@ -24,7 +24,29 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _norm(kind: str, train: bool, dtype, axis_name: str | None, groups: int, zero_init=False):
+NORMS = ("group", "batch")
+BLOCKS = ("basic", "bottleneck")
+
+
+def num_groups(channels: int, groups: int) -> int:
+    """The largest group count <= `groups` dividing `channels` (GroupNorm needs a divisor).
+
+    Equals `groups` for every preset width; narrower test widths (e.g. 4 or 12 channels) fall
+    back to a divisor instead of failing.
+    """
+    return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+
+
+def _norm(
+    kind: str,
+    train: bool,
+    dtype,
+    axis_name: str | None,
+    groups: int,
+    channels: int,
+    zero_init: bool = False,
+) -> nn.Module:
+    """A fresh normalisation layer for `channels` features (zero_init: last norm of a block)."""
     scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
     if kind == "batch":
         return nn.BatchNorm(
@@ -32,10 +54,11 @@ def _norm(kind: str, train: bool, dtype, axis_name: str | None, groups: int, zer
             momentum=0.9,
             epsilon=1e-5,
             dtype=dtype,
+            # Averaging statistics over the device axis makes BatchNorm see the global batch.
             axis_name=axis_name if train else None,
             scale_init=scale_init,
         )
-    return nn.GroupNorm(num_groups=groups, dtype=dtype, scale_init=scale_init)
+    return nn.GroupNorm(num_groups=num_groups(channels, groups), dtype=dtype, scale_init=scale_init)
 
 
 class BasicBlock(nn.Module):
@@ -49,12 +72,12 @@ class BasicBlock(nn.Module):
     def __call__(self, x):
         r = x
         y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(x)
-        y = nn.relu(self.norm()(y))
+        y = nn.relu(self.norm(self.filters)(y))
         y = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=x.dtype)(y)
-        y = self.norm(zero_init=True)(y)
+        y = self.norm(self.filters, zero_init=True)(y)  # block starts as the identity
         if r.shape != y.shape:
             r = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
-            r = self.norm()(r)
+            r = self.norm(self.filters)(r)
         return nn.relu(r + y)
 
 
@@ -68,14 +91,15 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         r = x
-        y = nn.relu(self.norm()(nn.Conv(self.filters, (1, 1), use_bias=False, dtype=x.dtype)(x)))
-        y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(y)
-        y = nn.relu(self.norm()(y))
-        y = nn.Conv(self.filters * 4, (1, 1), use_bias=False, dtype=x.dtype)(y)
-        y = self.norm(zero_init=True)(y)
+        f = self.filters
+        y = nn.relu(self.norm(f)(nn.Conv(f, (1, 1), use_bias=False, dtype=x.dtype)(x)))
+        y = nn.Conv(f, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(y)
+        y = nn.relu(self.norm(f)(y))
+        y = nn.Conv(f * 4, (1, 1), use_bias=False, dtype=x.dtype)(y)
+        y = self.norm(f * 4, zero_init=True)(y)  # block starts as the identity
         if r.shape != y.shape:
-            r = nn.Conv(self.filters * 4, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
-            r = self.norm()(r)
+            r = nn.Conv(f * 4, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
+            r = self.norm(f * 4)(r)
         return nn.relu(r + y)
 
 
@@ -90,8 +114,32 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
 
+    def __post_init__(self):
+        # Fail at construction, naming the config field, rather than deep inside tracing.
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm: unknown {self.norm!r}; choose from {NORMS}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"model.block: unknown {self.block!r}; choose from {BLOCKS}")
+        if self.num_filters < 1 or self.groups < 1 or not self.stage_sizes:
+            raise ValueError(
+                f"model: num_filters={self.num_filters}, groups={self.groups} and "
+                f"stage_sizes={tuple(self.stage_sizes)} must be positive / non-empty"
+            )
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        """Encodes images.
+
+        Args:
+          x: [N, H, W, C] images, floats in [0, 1] (see `models.common.normalize_uint8`).
+          train: BatchNorm uses batch statistics (and updates `batch_stats`) when True.
+
+        Returns:
+          [N, F] float32 globally average-pooled features (F = `feature_dim`).
+        """
+        if x.ndim != 4:
+            raise ValueError(f"ResNet input: expected [N, H, W, C], got shape {x.shape}")
         x = x.astype(self.dtype)
         norm = functools.partial(_norm, self.norm, train, self.dtype, self.axis_name, self.groups)
         # ImageNet stem (7x7/2 + max-pool) from 96 px up; a strided 3x3 stem at 48-95 px (the
@@ -106,19 +154,26 @@ class ResNet(nn.Module):
                 dtype=self.dtype,
                 name="stem",
             )(x)
-            x = nn.relu(norm()(x))
+            x = nn.relu(norm(self.num_filters)(x))
             x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
         else:
             stride = 2 if x.shape[1] >= 48 else 1
             x = nn.Conv(
                 self.num_filters, (3, 3), stride, use_bias=False, dtype=self.dtype, name="stem"
             )(x)
-            x = nn.relu(norm()(x))
+            x = nn.relu(norm(self.num_filters)(x))
         block = BasicBlock if self.block == "basic" else BottleneckBlock
         for i, n in enumerate(self.stage_sizes):
             for j in range(n):
                 x = block(self.num_filters * 2**i, 2 if i > 0 and j == 0 else 1, norm)(x)
-        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+        # Pool in f32: a mean over many bf16 activations loses precision.
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+    @property
+    def feature_dim(self) -> int:
+        """F, the size of the pooled feature."""
+        mult = 4 if self.block == "bottleneck" else 1
+        return self.num_filters * 2 ** (len(self.stage_sizes) - 1) * mult
 
 
 def resnet(preset: str = "resnet_tiny", **overrides) -> ResNet:

@@ -2,6 +2,11 @@
 
 Each is a pure function of embeddings (and labels); regularisers on weights (DCML's
 lambda ||W||^2) belong to the optimiser's weight decay, since objectives never see params.
+
+DCA (Chen & Fang, ECCV 2018) is provided as IAML per modality + the class-mean discrepancy
+(`dca_loss`). Its adversarial part (a sketch-to-shape transformation f_trans trained against a
+domain discriminator, eq. 18-20) needs a second network and optimiser, so it is an option of the
+training harness, not part of these pure loss functions.
 """
 
 from __future__ import annotations
@@ -156,6 +161,34 @@ def class_mean_discrepancy(z_sketch, y_sketch, z_shape, y_shape, num_classes: in
     ms, ps = means(z_sketch, y_sketch)
     mt, pt = means(z_shape, y_shape)
     return jnp.sum(jnp.where(ps & pt, _row_dist(ms, mt), 0.0))
+
+
+def dca_loss(
+    z_sketch,
+    y_sketch,
+    z_shape,
+    y_shape,
+    num_classes: int,
+    eta: float = 0.5,
+    w_cmd: float = 1.0,
+) -> jnp.ndarray:
+    """DCA without its GAN part: mean IAML in each modality + w_cmd * L_CMD.
+
+    Args:
+      z_sketch: [b, E] (transformed) sketch features; y_sketch: [b].
+      z_shape: [g, E] shape features; y_shape: [g].
+      num_classes: C.
+      eta: the IAML margin.
+      w_cmd: weight of the class-mean discrepancy.
+
+    Returns:
+      Scalar loss.
+    """
+    return (
+        iaml_loss(z_sketch, y_sketch, eta).mean()
+        + iaml_loss(z_shape, y_shape, eta).mean()
+        + w_cmd * class_mean_discrepancy(z_sketch, y_sketch, z_shape, y_shape, num_classes)
+    )
 
 
 def triplet_centre_loss(f, labels, centres, margin: float = 1.0) -> jnp.ndarray:

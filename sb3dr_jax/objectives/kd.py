@@ -32,6 +32,9 @@ def class_centres(t: jnp.ndarray, labels: jnp.ndarray, num_classes: int) -> jnp.
 def centre_alignment_loss(s, labels, centres, lam: float = 0.1) -> jnp.ndarray:
     """L_cen per sketch: d(s_i, c_{y_i}) - lam * mean_{j != y_i} d(s_i, c_j).
 
+    Classes without a centre (zero rows from `class_centres`: no training shape) are left out
+    of the push mean, since "far from nothing" carries no signal.
+
     Args:
       s: [b, E] student embeddings.
       labels: [b] classes.
@@ -43,8 +46,10 @@ def centre_alignment_loss(s, labels, centres, lam: float = 0.1) -> jnp.ndarray:
     """
     d = cosine_distance_matrix(s, centres)  # [b, C]
     own = jax.nn.one_hot(labels, centres.shape[0], dtype=d.dtype)
+    present = (jnp.sum(jnp.abs(centres), -1) > 0).astype(d.dtype)  # [C]
+    others = (1 - own) * present[None]  # [b, C]
     pull = jnp.sum(d * own, 1)
-    push = jnp.sum(d * (1 - own), 1) / max(centres.shape[0] - 1, 1)
+    push = jnp.sum(d * others, 1) / jnp.maximum(others.sum(1), 1.0)
     return pull - lam * push
 
 
