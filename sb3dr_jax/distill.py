@@ -68,7 +68,7 @@ def make_loss_fn(config, model, teacher=None):
         x = normalize_uint8(batch["image"])  # [b, S, S, 1]
         if config.augment:
             r_aug = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-            x = jax.vmap(lambda key, xi: augment_sketches(key, xi[None])[0])(r_aug, x)
+            x = augment_sketches(r_aug, x)  # one key per sketch: independent of the split
         s, _ = model.apply({"params": params}, x)  # [b, E]
         y, t, centres = batch["label"], targets(batch, consts, r_pair), consts["centres"]
         s_all, y_all, t_all = gather(s), gather(y), gather(t)  # global batch [G, ...]

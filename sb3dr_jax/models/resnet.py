@@ -15,6 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sb3dr_jax.models.norm import GroupNorm
+
 PRESETS: dict[str, dict[str, Any]] = {
     "resnet_tiny": dict(stage_sizes=(1, 1, 1, 1), block="basic", num_filters=16),
     "resnet_small": dict(stage_sizes=(1, 1, 1, 1), block="basic", num_filters=32),
@@ -58,7 +60,9 @@ def _norm(
             axis_name=axis_name if train else None,
             scale_init=scale_init,
         )
-    return nn.GroupNorm(num_groups=num_groups(channels, groups), dtype=dtype, scale_init=scale_init)
+    # Our GroupNorm: Flax's maths and parameter names, with a backward pass XLA:CPU runs ~3-7x
+    # faster (models/norm.py).
+    return GroupNorm(num_groups=num_groups(channels, groups), dtype=dtype, scale_init=scale_init)
 
 
 class BasicBlock(nn.Module):
