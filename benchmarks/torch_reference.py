@@ -4,7 +4,9 @@ Same model (ResNet view encoder with GroupNorm, max view pooling, LayerNorm MLP 
 predictor), same BYOL objective with an EMA target, same on-device augmentation (affine
 resampling: crop, flip, rotation), same AdamW update and same shapes. PyTorch runs eagerly with
 channels-last tensors (its best CPU memory format); JAX runs the jitted pmap step that
-`launch.pretrain` uses. The ratio is JAX throughput / PyTorch throughput (>1: JAX is faster).
+`launch.pretrain` uses, with the CPU config's convolutions (oneDNN custom calls when they build,
+`sb3dr_jax/kernels`) and again with XLA's own. The ratio is JAX throughput / PyTorch throughput
+(>1: JAX is faster).
 
     python benchmarks/torch_reference.py [--quick]
 """
@@ -159,8 +161,14 @@ def torch_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> fl
     return (time.perf_counter() - t0) / steps
 
 
-def jax_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> float:
-    """Seconds per teacher step in JAX (the jitted pmap step of `launch.pretrain`)."""
+def jax_step_time(
+    preset: str, batch: int, k: int, res: int, steps: int, conv_impl: str = "auto"
+) -> float:
+    """Seconds per teacher step in JAX (the jitted pmap step of `launch.pretrain`).
+
+    `conv_impl` "auto" is the CPU config's default (oneDNN convolutions when they build);
+    "xla" times the same step on XLA's own convolution kernels.
+    """
     import jax
 
     from sb3dr_jax import pretrain
@@ -170,6 +178,7 @@ def jax_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> floa
     c = get_config("")
     c.model.backbone, c.ssl.views_per_branch = preset, k
     c.longtail.method = os.environ.get("SB3DR_BENCH_LONGTAIL", "none")
+    c.model.conv_impl = conv_impl
     c.global_batch = batch
     model = pretrain.teacher_model(c)
     opt = make_optimizer(c.optim, 1000)
@@ -230,44 +239,54 @@ def run(quick: bool = False) -> dict:
         import torch  # noqa: F401
     except ImportError:
         return {"skipped": "PyTorch is not installed: pip install -e '.[torch]'"}
+    from sb3dr_jax.models.resnet import resolve_conv_impl
+
     cases = [("resnet_tiny", 16, 4, 64), ("resnet_tiny", 32, 4, 64), ("resnet18", 8, 4, 64)]
     if quick:
         cases = cases[:1]
     steps, rounds = (3, 1) if quick else (8, 3)
     out = []
     for preset, batch, k, res in cases:
-        js, ts = [], []
+        times = {"jax": [], "jax_xla_conv": [], "torch": []}
         for _ in range(rounds):
-            js.append(_time_in_subprocess("jax", preset, batch, k, res, steps))
-            ts.append(_time_in_subprocess("torch", preset, batch, k, res, steps))
-        j, t = float(np.median(js)), float(np.median(ts))
+            for fw, ts in times.items():
+                ts.append(_time_in_subprocess(fw, preset, batch, k, res, steps))
+        j, x, t = (float(np.median(times[f])) for f in ("jax", "jax_xla_conv", "torch"))
         out.append(
             {
                 "preset": preset,
                 "batch": batch,
                 "views_per_shape": 2 * k,
                 "res": res,
+                "jax_conv_impl": resolve_conv_impl("auto"),
                 "jax_s_per_step": round(j, 4),
+                "jax_xla_conv_s_per_step": round(x, 4),
                 "torch_s_per_step": round(t, 4),
                 "jax_shapes_per_s": round(batch / j, 2),
                 "torch_shapes_per_s": round(batch / t, 2),
                 "jax_views_per_s": round(batch * 2 * k / j, 1),
                 "ratio_jax_over_torch": round(t / j, 3),
-                "ratios_per_round": [round(b / a, 3) for a, b in zip(js, ts)],
+                "ratio_xla_conv_over_torch": round(t / x, 3),
+                "ratios_per_round": [round(b / a, 3) for a, b in zip(times["jax"], times["torch"])],
             }
         )
     return {
         "cases": out,
         "ratio_default": out[0]["ratio_jax_over_torch"],
-        "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; each "
-        "measurement in a fresh process, median of alternating rounds",
+        "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; JAX with "
+        "the CPU config's convolutions (jax_conv_impl) and with XLA's own; each measurement in "
+        "a fresh process, median of alternating rounds",
     }
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         fw, preset, *nums = sys.argv[2:]
-        fn = jax_step_time if fw == "jax" else torch_step_time
-        print(fn(preset, *map(int, nums)))
+        if fw == "torch":
+            print(torch_step_time(preset, *map(int, nums)))
+        else:
+            print(
+                jax_step_time(preset, *map(int, nums), conv_impl="xla" if "xla" in fw else "auto")
+            )
     else:
         print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -22,7 +22,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.dataset = dataset_config(a.get("dataset", "demo"), smoke=smoke)
     c.dataset_from_teacher = "dataset" not in a
     c.model = ml_collections.ConfigDict(
-        dict(backbone="resnet_tiny", num_filters=0, norm="group", dtype="float32", hidden=256)
+        dict(
+            backbone="resnet_tiny",
+            num_filters=0,
+            norm="group",
+            dtype="float32",
+            hidden=256,
+            conv_impl="auto",  # as in the teacher config
+            chunk=8,  # sketches per backbone call: independent chains for the CPU threads
+        )
     )
     c.init_from_teacher = True
     c.online_teacher = "online_teacher" in a
@@ -60,7 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(global_batch=64, head_min=20, tail_max=5))
     c.parallel = "pmap"
     if "gpu" in a:
-        c.model.update(backbone="resnet18", dtype="bfloat16", hidden=1024)
+        c.model.update(backbone="resnet18", dtype="bfloat16", hidden=1024, conv_impl="xla", chunk=0)
         c.global_batch, c.total_steps, c.ckpt_every = 256, 10000, 1000
         c.eval.global_batch = 256
     if smoke:

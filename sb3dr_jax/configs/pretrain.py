@@ -27,9 +27,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             proj_hidden=256,
             proj_dim=128,
             pred_hidden=256,
-            # Views per backbone call: small chunks keep XLA:CPU's convolutions in cache
-            # (teacher step 0.196 -> 0.137 s at batch 16, benchmarks/README.md); 0 = all at once.
+            # Views per backbone call: independent chunks run side by side on the CPU threads
+            # and stay in cache (benchmarks/README.md); 0 = all at once.
             view_chunk=16,
+            # "auto": oneDNN convolutions on CPU when they build (kernels/onednn.py), else XLA's.
+            conv_impl="auto",
         )
     )
     c.ssl = ml_collections.ConfigDict(
@@ -58,6 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             proj_dim=256,
             pred_hidden=4096,
             view_chunk=0,  # accelerators want the whole batch in one call
+            conv_impl="xla",
         )
         c.dataset.render.resolution = 128
         c.dataset.sketch_size = 128

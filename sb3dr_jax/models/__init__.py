@@ -21,7 +21,7 @@ from sb3dr_jax.models.multiview import (
     SSLModel,
     ViewPooling,
 )
-from sb3dr_jax.models.resnet import PRESETS, ResNet, resnet
+from sb3dr_jax.models.resnet import PRESETS, ResNet, resnet, resolve_conv_impl
 
 __all__ = [
     "MODEL_KWARGS",
@@ -42,11 +42,11 @@ __all__ = [
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # Plain JSON-able keyword arguments each registered model accepts (a saved config rebuilds it).
-_BACKBONE_KW = {"backbone", "num_filters", "norm", "groups", "dtype", "axis_name"}
+_BACKBONE_KW = {"backbone", "num_filters", "norm", "groups", "dtype", "axis_name", "conv_impl"}
 MODEL_KWARGS: dict[str, set[str]] = {
     "ssl_teacher": _BACKBONE_KW
     | {"pooling", "proj_hidden", "proj_dim", "pred_hidden", "per_view", "head_norm", "view_chunk"},
-    "sketch_student": _BACKBONE_KW | {"embed_dim", "hidden", "head_norm"},
+    "sketch_student": _BACKBONE_KW | {"embed_dim", "hidden", "head_norm", "chunk"},
 }
 
 
@@ -61,6 +61,7 @@ def _backbone(kw: dict[str, Any]) -> ResNet:
         groups=kw.get("groups") or None,
         dtype=DTYPES[dtype],
         axis_name=kw.get("axis_name"),
+        conv_impl=resolve_conv_impl(kw.get("conv_impl", "xla")),
     )
 
 
@@ -120,6 +121,7 @@ def build_model(name: str, **kw) -> flax.linen.Module:
         embed_dim=int(kw["embed_dim"]),
         hidden=kw.get("hidden", 512),
         head_norm=head_norm,
+        chunk=int(kw.get("chunk", 0)),
     )
 
 

@@ -9,10 +9,12 @@ so statistics are averaged over the data-parallel axis. `dtype` sets the compute
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sb3dr_jax.models.norm import GroupNorm
@@ -28,6 +30,43 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 NORMS = ("group", "batch")
 BLOCKS = ("basic", "bottleneck")
+CONV_IMPLS = ("xla", "onednn", "auto")
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """ "auto" -> "onednn" on a CPU backend with the kernels built, else "xla".
+
+    Args:
+      impl: "xla", "onednn" or "auto" (config `model.conv_impl`).
+
+    Returns:
+      "xla" or "onednn".
+
+    Raises:
+      ValueError: an unknown name, or "onednn" where the kernels cannot run (the reason named).
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"model.conv_impl: unknown {impl!r}; choose from {CONV_IMPLS}")
+    if impl == "xla":
+        return impl
+    from sb3dr_jax.kernels import onednn  # builds the kernels on first use
+
+    cpu = jax.default_backend() == "cpu"
+    if cpu and onednn.available():
+        return "onednn"
+    why = onednn.unavailable_reason() if cpu else "the backend is not CPU"
+    if impl == "onednn":
+        raise ValueError(f"model.conv_impl='onednn' cannot run here: {why}")
+    if cpu:
+        _warn_once(
+            f"model.conv_impl='auto': XLA's convolutions, since oneDNN's are unavailable ({why})"
+        )
+    return "xla"
+
+
+@functools.cache
+def _warn_once(msg: str) -> None:
+    logging.warning(msg)
 
 
 def num_groups(channels: int, groups: int) -> int:
@@ -71,16 +110,17 @@ class BasicBlock(nn.Module):
     filters: int
     strides: int
     norm: Any
+    conv: Any = nn.Conv
 
     @nn.compact
     def __call__(self, x):
         r = x
-        y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(x)
+        y = self.conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(x)
         y = nn.relu(self.norm(self.filters)(y))
-        y = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=x.dtype)(y)
+        y = self.conv(self.filters, (3, 3), use_bias=False, dtype=x.dtype)(y)
         y = self.norm(self.filters, zero_init=True)(y)  # block starts as the identity
         if r.shape != y.shape:
-            r = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
+            r = self.conv(self.filters, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
             r = self.norm(self.filters)(r)
         return nn.relu(r + y)
 
@@ -91,18 +131,19 @@ class BottleneckBlock(nn.Module):
     filters: int
     strides: int
     norm: Any
+    conv: Any = nn.Conv
 
     @nn.compact
     def __call__(self, x):
         r = x
         f = self.filters
-        y = nn.relu(self.norm(f)(nn.Conv(f, (1, 1), use_bias=False, dtype=x.dtype)(x)))
-        y = nn.Conv(f, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(y)
+        y = nn.relu(self.norm(f)(self.conv(f, (1, 1), use_bias=False, dtype=x.dtype)(x)))
+        y = self.conv(f, (3, 3), self.strides, use_bias=False, dtype=x.dtype)(y)
         y = nn.relu(self.norm(f)(y))
-        y = nn.Conv(f * 4, (1, 1), use_bias=False, dtype=x.dtype)(y)
+        y = self.conv(f * 4, (1, 1), use_bias=False, dtype=x.dtype)(y)
         y = self.norm(f * 4, zero_init=True)(y)  # block starts as the identity
         if r.shape != y.shape:
-            r = nn.Conv(f * 4, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
+            r = self.conv(f * 4, (1, 1), self.strides, use_bias=False, dtype=x.dtype)(r)
             r = self.norm(f * 4)(r)
         return nn.relu(r + y)
 
@@ -117,6 +158,8 @@ class ResNet(nn.Module):
     groups: int = 8
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    # Convolution kernels: XLA's, or oneDNN's through custom calls (CPU; kernels/onednn.py).
+    conv_impl: str = "xla"
 
     def __post_init__(self):
         # Fail at construction, naming the config field, rather than deep inside tracing.
@@ -124,6 +167,10 @@ class ResNet(nn.Module):
             raise ValueError(f"model.norm: unknown {self.norm!r}; choose from {NORMS}")
         if self.block not in BLOCKS:
             raise ValueError(f"model.block: unknown {self.block!r}; choose from {BLOCKS}")
+        if self.conv_impl not in CONV_IMPLS[:2]:
+            raise ValueError(
+                f"model.conv_impl: {self.conv_impl!r} (resolve 'auto' with resolve_conv_impl)"
+            )
         if self.num_filters < 1 or self.groups < 1 or not self.stage_sizes:
             raise ValueError(
                 f"model: num_filters={self.num_filters}, groups={self.groups} and "
@@ -146,10 +193,15 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet input: expected [N, H, W, C], got shape {x.shape}")
         x = x.astype(self.dtype)
         norm = functools.partial(_norm, self.norm, train, self.dtype, self.axis_name, self.groups)
+        conv = nn.Conv
+        if self.conv_impl == "onednn":
+            from sb3dr_jax.kernels import onednn
+
+            conv = functools.partial(nn.Conv, conv_general_dilated=onednn.conv_general_dilated)
         # ImageNet stem (7x7/2 + max-pool) from 96 px up; a strided 3x3 stem at 48-95 px (the
         # CPU configs' 64 px views); full resolution below, where every pixel matters.
         if x.shape[1] >= 96:
-            x = nn.Conv(
+            x = conv(
                 self.num_filters,
                 (7, 7),
                 2,
@@ -162,14 +214,14 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
         else:
             stride = 2 if x.shape[1] >= 48 else 1
-            x = nn.Conv(
+            x = conv(
                 self.num_filters, (3, 3), stride, use_bias=False, dtype=self.dtype, name="stem"
             )(x)
             x = nn.relu(norm(self.num_filters)(x))
         block = BasicBlock if self.block == "basic" else BottleneckBlock
         for i, n in enumerate(self.stage_sizes):
             for j in range(n):
-                x = block(self.num_filters * 2**i, 2 if i > 0 and j == 0 else 1, norm)(x)
+                x = block(self.num_filters * 2**i, 2 if i > 0 and j == 0 else 1, norm, conv)(x)
         # Pool in f32: a mean over many bf16 activations loses precision.
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
