@@ -24,13 +24,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Order matters only for readability of the output.
-BENCHMARKS = ("render", "pipeline", "train_steps", "torch_reference", "retrieval")
+BENCHMARKS = ("render", "pipeline", "train_steps", "conv_kernels", "torch_reference", "retrieval")
 
 
 def _environment() -> dict:
     import jax
 
+    from sb3dr_jax.models.resnet import resolve_conv_impl
+
     return {
+        # The CPU configs' "auto" convolutions: "onednn" (sb3dr_jax/kernels) or "xla".
+        "conv_impl": resolve_conv_impl("auto"),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "machine": platform.machine(),
