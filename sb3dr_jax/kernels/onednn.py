@@ -39,19 +39,18 @@ _NHWC = lax.ConvDimensionNumbers(
 )
 
 
-def _onednn_prefix() -> str | None:
-    """The install prefix holding oneDNN's headers and libdnnl (the wheels' data scheme)."""
+def _onednn_dirs() -> tuple[str, str] | None:
+    """(install prefix, library dir) holding oneDNN's headers and libdnnl (the wheels' data scheme)."""
     for prefix in (sys.prefix, sysconfig.get_config_var("prefix") or "", "/usr"):
-        lib = any(
-            os.path.exists(os.path.join(prefix, d, "libdnnl.so"))
-            for d in ("lib", "lib/x86_64-linux-gnu")
-        )
-        if lib and os.path.exists(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl.hpp")):
-            return prefix
+        if not os.path.exists(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl.hpp")):
+            continue
+        for d in ("lib", "lib/x86_64-linux-gnu"):
+            if os.path.exists(os.path.join(prefix, d, "libdnnl.so")):
+                return prefix, os.path.join(prefix, d)
     return None
 
 
-def _build(prefix: str) -> str:
+def _build(prefix: str, libdir: str) -> str:
     """Compiles the kernels once per source/jaxlib/oneDNN combination; returns the .so path."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
@@ -63,11 +62,6 @@ def _build(prefix: str) -> str:
     out = os.path.join(cache, f"sb3dr_onednn_conv_{digest[:16]}.so")
     if os.path.exists(out):
         return out
-    libdir = next(
-        os.path.join(prefix, d)
-        for d in ("lib", "lib/x86_64-linux-gnu")
-        if os.path.exists(os.path.join(prefix, d, "libdnnl.so"))
-    )
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
     cmd = [
@@ -88,11 +82,11 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     """Builds, loads and registers the kernels once per process: (library or None, reason)."""
     if sys.platform != "linux":
         return None, f"oneDNN kernels are built for Linux only (this is {sys.platform})"
-    prefix = _onednn_prefix()
-    if prefix is None:
+    dirs = _onednn_dirs()
+    if dirs is None:
         return None, "oneDNN not installed: pip install onednn-cpu-gomp onednn-devel-cpu-gomp"
     try:
-        lib = ctypes.CDLL(_build(prefix))
+        lib = ctypes.CDLL(_build(*dirs))
     except (OSError, RuntimeError) as e:
         return None, str(e)
     for target in _TARGETS.values():
@@ -121,7 +115,10 @@ def impl_info(op: str, x_shape, w_shape, strides=(1, 1), padding="SAME") -> str:
     geom = [n, h, w, c, w_shape[0], w_shape[1], w_shape[3], oh, ow, *strides, *pads[0], *pads[1]]
     buf = ctypes.create_string_buffer(256)
     lib.sb3dr_conv_impl_info(
-        ["fwd", "bwd_data", "bwd_w"].index(op), (ctypes.c_int64 * 15)(*geom), buf, 256
+        list(_TARGETS).index(op),
+        (ctypes.c_int64 * 15)(*geom),
+        buf,
+        256,  # C++ Op order
     )
     return buf.value.decode()
 
