@@ -78,7 +78,9 @@ def run(quick: bool = False) -> dict:
         "layers": rows,
         "total_fwd_bwd_ms": {k: round(v, 2) for k, v in totals.items()},
         "speedup": round(totals["xla"] / totals["onednn"], 2),
-        "threads_per_call": int(os.environ.get("SB3DR_ONEDNN_THREADS", "1")),
+        "threads_per_call": os.environ.get(
+            "SB3DR_ONEDNN_THREADS", "1 (every layer here is under SB3DR_ONEDNN_PARALLEL_MACS)"
+        ),
     }
 
 

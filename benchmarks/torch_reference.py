@@ -175,8 +175,8 @@ def jax_step_time(
     from sb3dr_jax.configs.pretrain import get_config
     from sb3dr_jax.train import data_parallel, make_optimizer, make_step
 
-    c = get_config("")
-    c.model.backbone, c.ssl.views_per_branch = preset, k
+    c = get_config(f"backbone={preset}")  # the CPU config a user of that backbone gets
+    c.ssl.views_per_branch = k
     c.longtail.method = os.environ.get("SB3DR_BENCH_LONGTAIL", "none")
     c.model.conv_impl = conv_impl
     c.global_batch = batch

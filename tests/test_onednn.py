@@ -2,6 +2,8 @@
 model-level equality, devices, and the config switch."""
 
 import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -39,17 +41,20 @@ def _conv_pair(x_shape, w_shape, strides, padding, seed=0):
     )()
 
 
-@pytest.mark.parametrize(
-    "x_shape,w_shape,strides,padding",
-    [
+GEOMETRIES = [
+    pytest.param(*g)
+    for g in [
         ((4, 16, 16, 8), (3, 3, 8, 8), (1, 1), "SAME"),
         ((4, 17, 17, 8), (3, 3, 8, 16), (2, 2), "SAME"),  # odd size, asymmetric SAME padding
         ((3, 16, 16, 8), (1, 1, 8, 16), (2, 2), "SAME"),  # strided 1x1 shortcut
         ((2, 32, 32, 3), (7, 7, 3, 8), (2, 2), [(3, 3), (3, 3)]),  # ImageNet stem
         ((2, 12, 10, 5), (3, 2, 5, 7), (1, 2), "VALID"),  # non-square everything
         ((1, 8, 8, 1), (3, 3, 1, 4), (1, 1), [(2, 0), (0, 1)]),  # one-channel sketch, odd pads
-    ],
-)
+    ]
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", GEOMETRIES)
 def test_matches_xla_values_and_gradients(x_shape, w_shape, strides, padding):
     ref, got = _conv_pair(x_shape, w_shape, strides, padding)
     for name, r, g in zip(("y", "dx", "dw"), ref, got):
@@ -140,3 +145,47 @@ def test_impl_info_names_a_jit_kernel():
     for op in ("fwd", "bwd_data", "bwd_w"):
         info = onednn.impl_info(op, (16, 32, 32, 16), (3, 3, 16, 16))
         assert "ref" not in info and info, (op, info)
+
+
+def test_threads_per_call_follow_the_size_of_the_call():
+    # Small calls run one thread each (XLA runs independent ones side by side), big ones on
+    # every core; resnet_tiny's biggest 16-view call is 38M multiply-adds, ResNet-18's 604M.
+    if os.environ.get("SB3DR_ONEDNN_THREADS") or os.environ.get("SB3DR_ONEDNN_PARALLEL_MACS"):
+        pytest.skip("the thread policy is overridden in this environment")
+    for op in ("fwd", "bwd_data", "bwd_w"):
+        assert onednn.threads_for(op, (16, 32, 32, 16), (3, 3, 16, 16)) == 1
+        cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+        assert onednn.threads_for(op, (16, 32, 32, 64), (3, 3, 64, 64)) == cores
+    # oneDNN 3.2's strided 1x1 weight gradient corrupts the heap on 2 threads: always one.
+    assert onednn.threads_for("bwd_w", (64, 32, 32, 64), (1, 1, 64, 128), (2, 2)) == 1
+
+
+_MULTI_THREAD_CHECK = """
+import numpy as np
+import test_onednn as t
+from sb3dr_jax.kernels import onednn
+assert onednn.threads_for("bwd_w", (4, 17, 17, 8), (3, 3, 8, 16), (2, 2)) == 2
+geoms = [p.values for p in t.GEOMETRIES] + [((1, 16, 16, 8), (1, 1, 8, 16), (2, 2), "SAME")]
+for _ in range(2):  # the strided 1x1 weight gradient corrupted the heap at once
+    for geom in geoms:
+        t.test_matches_xla_values_and_gradients(*geom)
+t.test_concurrent_independent_convolutions()  # several multi-threaded calls at once
+print("ok")
+"""
+
+
+def test_multi_threaded_calls_match_xla_and_run_concurrently():
+    # Every call on 2 OpenMP threads (the big-call path), in a fresh process: the policy is read
+    # once per process. Values, gradients and concurrent chains as in the tests above.
+    env = dict(os.environ, SB3DR_ONEDNN_PARALLEL_MACS="1", OMP_NUM_THREADS="2")
+    env.pop("SB3DR_ONEDNN_THREADS", None)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", _MULTI_THREAD_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -1,7 +1,8 @@
 """Teacher (SSL) config: `--config sb3dr_jax/configs/pretrain.py:<args>`.
 
 Args (comma-separated): `smoke` (tiny, for tests), `dataset=<demo|tub16|qd90|shrec13|shrec14>`,
-`method=<byol|simsiam|per_view>`, `longtail=<bcl|sdclr|none>`, `gpu` (ResNet-18, bf16, 128 px).
+`method=<byol|simsiam|per_view>`, `longtail=<bcl|sdclr|none>`, `backbone=<resnet_tiny|resnet18|
+resnet50>` (CPU; picks the view chunking that suits it), `gpu` (ResNet-18, bf16, 128 px).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.dataset = dataset_config(a.get("dataset", "demo"), smoke=smoke)
     c.model = ml_collections.ConfigDict(
         dict(
-            backbone="resnet_tiny",
+            backbone=a.get("backbone", "resnet_tiny"),
             num_filters=0,
             norm="group",
             dtype="float32",
@@ -27,9 +28,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             proj_hidden=256,
             proj_dim=128,
             pred_hidden=256,
-            # Views per backbone call: independent chunks run side by side on the CPU threads
-            # and stay in cache (benchmarks/README.md); 0 = all at once.
-            view_chunk=16,
+            # Views per backbone call: resnet_tiny's small convolutions run one thread each, so
+            # independent chunks run side by side on the CPU threads and stay in cache; wider
+            # backbones' convolutions use every core themselves (benchmarks/README.md). 0 = all.
+            view_chunk=16 if a.get("backbone", "resnet_tiny") == "resnet_tiny" else 0,
             # "auto": oneDNN convolutions on CPU when they build (kernels/onednn.py), else XLA's.
             conv_impl="auto",
         )

@@ -10,8 +10,9 @@ groups run as three oneDNN custom calls (forward, input gradient, weight gradien
 The C++ side (`onednn_conv.cc`) is compiled on first use with the system C++ compiler (g++)
 against the oneDNN wheel (a dependency on Linux x86-64) and cached under `$SB3DR_KERNEL_CACHE`
 (default `~/.cache/sb3dr_jax`). `available()` says whether that worked, `unavailable_reason()`
-why not. Each call runs on the XLA thread that issues it (`SB3DR_ONEDNN_THREADS`, default 1,
-OpenMP threads per call): XLA already runs independent convolutions side by side.
+why not. A small call runs on the one XLA thread that issues it (XLA already runs independent
+convolutions side by side); a big one (`SB3DR_ONEDNN_PARALLEL_MACS`, default 1e8 multiply-adds)
+on every core; `SB3DR_ONEDNN_THREADS` fixes the OpenMP threads of every call.
 """
 
 from __future__ import annotations
@@ -104,23 +105,37 @@ def unavailable_reason() -> str:
     return _load()[1]
 
 
+def _geom(x_shape, w_shape, strides, padding) -> ctypes.Array:
+    """The C++ side's 15-number geometry of one convolution."""
+    pads = _pads(x_shape, w_shape, strides, padding)
+    oh, ow = _out_hw(x_shape, w_shape, strides, pads)
+    n, h, w, c = x_shape
+    geom = [n, h, w, c, w_shape[0], w_shape[1], w_shape[3], oh, ow, *strides, *pads[0], *pads[1]]
+    return (ctypes.c_int64 * 15)(*geom)
+
+
 def impl_info(op: str, x_shape, w_shape, strides=(1, 1), padding="SAME") -> str:
     """The oneDNN kernel chosen for one op ('fwd', 'bwd_data', 'bwd_w'), e.g. 'brg:avx512_core'."""
     lib = _load()[0]
     if lib is None:
         return unavailable_reason()
-    pads = _pads(x_shape, w_shape, strides, padding)
-    oh, ow = _out_hw(x_shape, w_shape, strides, pads)
-    n, h, w, c = x_shape
-    geom = [n, h, w, c, w_shape[0], w_shape[1], w_shape[3], oh, ow, *strides, *pads[0], *pads[1]]
     buf = ctypes.create_string_buffer(256)
-    lib.sb3dr_conv_impl_info(
-        list(_TARGETS).index(op),
-        (ctypes.c_int64 * 15)(*geom),
-        buf,
-        256,  # C++ Op order
-    )
+    op_index = list(_TARGETS).index(op)  # C++ Op order
+    lib.sb3dr_conv_impl_info(op_index, _geom(x_shape, w_shape, strides, padding), buf, 256)
     return buf.value.decode()
+
+
+def threads_for(op: str, x_shape, w_shape, strides=(1, 1), padding="SAME") -> int:
+    """OpenMP threads one op ('fwd', 'bwd_data', 'bwd_w') of this geometry runs on: 1 below
+    `SB3DR_ONEDNN_PARALLEL_MACS` multiply-adds (default 1e8; XLA runs independent calls side by
+    side), else every core; `SB3DR_ONEDNN_THREADS` fixes it (both read once per process); always
+    1 for a strided 1x1 weight gradient (a oneDNN 3.2 bug). 0 when unavailable."""
+    lib = _load()[0]
+    if lib is None:
+        return 0
+    return lib.sb3dr_conv_threads(
+        list(_TARGETS).index(op), _geom(x_shape, w_shape, strides, padding)
+    )
 
 
 def _pads(x_shape, w_shape, strides, padding) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -30,16 +30,9 @@ using dt = dnnl::memory::data_type;
 
 namespace {
 
-// OpenMP threads per call (SB3DR_ONEDNN_THREADS, default 1). XLA already runs independent
-// convolutions (view chunks, the online and target branches) on its own threads at once; a
-// second OpenMP team per call oversubscribed 2 cores (teacher step 0.15 s -> 0.35 s).
-int Threads() {
-  static const int n = [] {
-    const char* v = std::getenv("SB3DR_ONEDNN_THREADS");
-    int t = v ? std::atoi(v) : 1;
-    return t > 0 ? t : 1;
-  }();
-  return n;
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && std::atoi(v) > 0 ? std::atoi(v) : fallback;
 }
 
 dnnl::engine& Engine() {
@@ -114,12 +107,37 @@ Entry Build(Op op, const Geom& g) {
   return e;
 }
 
+// OpenMP threads for one call. XLA already runs independent convolutions (view chunks, the
+// online and target branches) on its own threads at once, so a small call gets one thread: a
+// second OpenMP team per call oversubscribed 2 cores (resnet_tiny step 0.15 s -> 0.25-0.35 s).
+// A big call (>= SB3DR_ONEDNN_PARALLEL_MACS multiply-adds, default 1e8) gets every core: the
+// backward of an unchunked ResNet-18 is one chain, and one thread per call left a core idle
+// (step 2.0 s -> 1.6 s). SB3DR_ONEDNN_THREADS fixes the count for every call. The one exception:
+// oneDNN 3.2's weight gradient of a strided 1x1 convolution (jit_1x1 with its input compacted
+// first) overruns its buffers with 2 threads on some small shapes (odd batch, 8 channels: heap
+// corruption, see tests/test_onednn.py), so it always runs on one.
+int ThreadsFor(Op op, const Geom& g) {
+  if (op == kBwdWeights && g.kh == 1 && g.kw == 1 && (g.sh > 1 || g.sw > 1)) return 1;
+  static const int fixed = EnvInt("SB3DR_ONEDNN_THREADS", 0);
+  static const int all = EnvInt("OMP_NUM_THREADS", omp_get_num_procs());
+  static const double big = [] {
+    const char* v = std::getenv("SB3DR_ONEDNN_PARALLEL_MACS");
+    return v ? std::atof(v) : 1e8;
+  }();
+  if (fixed) return fixed;
+  double macs = double(g.n) * g.oh * g.ow * g.o * g.kh * g.kw * g.c;
+  return macs >= big ? all : 1;
+}
+
+// The cached primitive for (op, geometry, threads): oneDNN fixes a kernel's thread split when
+// it builds the primitive.
 const Entry& Get(Op op, const Geom& g) {
-  omp_set_num_threads(Threads());  // this (XLA) thread's teams, at build and run time
+  const int threads = ThreadsFor(op, g);
+  omp_set_num_threads(threads);  // this (XLA) thread's teams, at build and run time
   static std::mutex mu;
-  static std::map<std::tuple<int, decltype(g.key())>, std::unique_ptr<Entry>> cache;
+  static std::map<std::tuple<int, int, decltype(g.key())>, std::unique_ptr<Entry>> cache;
   std::lock_guard<std::mutex> lock(mu);
-  auto& slot = cache[std::make_tuple(static_cast<int>(op), g.key())];
+  auto& slot = cache[std::make_tuple(static_cast<int>(op), threads, g.key())];
   if (!slot) slot = std::make_unique<Entry>(Build(op, g));
   return *slot;
 }
@@ -237,4 +255,11 @@ extern "C" int sb3dr_conv_impl_info(int op, const int64_t* geom, char* out, int 
   s.copy(out, n);
   out[n] = 0;
   return n;
+}
+
+// OpenMP threads a call of this geometry runs on (ThreadsFor), for tests and benchmarks.
+extern "C" int sb3dr_conv_threads(int op, const int64_t* geom) {
+  Geom g{geom[0], geom[1], geom[2],  geom[3],  geom[4],  geom[5],  geom[6], geom[7],
+         geom[8], geom[9], geom[10], geom[11], geom[12], geom[13], geom[14]};
+  return ThreadsFor(static_cast<Op>(op), g);
 }
