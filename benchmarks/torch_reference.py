@@ -161,13 +161,27 @@ def torch_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> fl
     return (time.perf_counter() - t0) / steps
 
 
+def _step_flops(step, *args) -> float | None:
+    """FLOPs of one step by XLA's cost analysis of the lowered program (None if unavailable).
+
+    Custom calls carry no cost, so this is only meaningful for the step on XLA's convolutions.
+    """
+    try:
+        cost = step.lower(*args).cost_analysis()
+    except Exception:  # noqa: BLE001 - the figure is optional; the timing stands without it
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0)) or None
+
+
 def jax_step_time(
     preset: str, batch: int, k: int, res: int, steps: int, conv_impl: str = "auto"
-) -> float:
-    """Seconds per teacher step in JAX (the jitted pmap step of `launch.pretrain`).
+) -> tuple[float, float | None]:
+    """Seconds per teacher step in JAX (the jitted pmap step of `launch.pretrain`), and its FLOPs.
 
     `conv_impl` "auto" is the CPU config's default (oneDNN convolutions when they build);
-    "xla" times the same step on XLA's own convolution kernels.
+    "xla" times the same step on XLA's own convolution kernels, and only then are the step's
+    FLOPs counted (XLA's cost analysis; the oneDNN custom calls have no cost model).
     """
     import jax
 
@@ -199,6 +213,7 @@ def jax_step_time(
         "label": np.zeros((1, batch), np.int32),
     }
     rng = jax.random.key(0)
+    flops = _step_flops(step, ds, b, rng, {}) if conv_impl == "xla" else None
     for _ in range(2):
         ds, m = step(ds, b, rng, {})
     jax.block_until_ready(m)
@@ -206,7 +221,7 @@ def jax_step_time(
     for _ in range(steps):
         ds, m = step(ds, b, rng, {})
     jax.block_until_ready(m)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, flops
 
 
 def _time_in_subprocess(framework: str, preset: str, batch: int, k: int, res: int, steps: int):
@@ -221,7 +236,7 @@ def _time_in_subprocess(framework: str, preset: str, batch: int, k: int, res: in
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{framework} benchmark worker failed:\n{out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])  # {"s": seconds, "flops": ...}
 
 
 def run(quick: bool = False) -> dict:
@@ -232,7 +247,8 @@ def run(quick: bool = False) -> dict:
 
     Returns:
       {"cases": [{preset, batch, views, res, jax_s, torch_s, jax_shapes_per_s,
-      torch_shapes_per_s, ratio, ratios_per_round}], "ratio_default": the CPU default config's
+      torch_shapes_per_s, ratio, ratios_per_round, gflop_per_step (XLA's cost analysis of the
+      step), jax_gflops_per_s, torch_gflops_per_s}], "ratio_default": the CPU default config's
       ratio}.
     """
     try:
@@ -247,11 +263,14 @@ def run(quick: bool = False) -> dict:
     steps, rounds = (3, 1) if quick else (8, 3)
     out = []
     for preset, batch, k, res in cases:
-        times = {"jax": [], "jax_xla_conv": [], "torch": []}
+        times, flops = {"jax": [], "jax_xla_conv": [], "torch": []}, None
         for _ in range(rounds):
             for fw, ts in times.items():
-                ts.append(_time_in_subprocess(fw, preset, batch, k, res, steps))
+                r = _time_in_subprocess(fw, preset, batch, k, res, steps)
+                ts.append(r["s"])
+                flops = flops or r.get("flops")
         j, x, t = (float(np.median(times[f])) for f in ("jax", "jax_xla_conv", "torch"))
+        gf = flops / 1e9 if flops else None  # the same model maths in both frameworks
         out.append(
             {
                 "preset": preset,
@@ -268,6 +287,9 @@ def run(quick: bool = False) -> dict:
                 "ratio_jax_over_torch": round(t / j, 3),
                 "ratio_xla_conv_over_torch": round(t / x, 3),
                 "ratios_per_round": [round(b / a, 3) for a, b in zip(times["jax"], times["torch"])],
+                "gflop_per_step": gf and round(gf, 1),
+                "jax_gflops_per_s": gf and round(gf / j, 1),
+                "torch_gflops_per_s": gf and round(gf / t, 1),
             }
         )
     return {
@@ -283,10 +305,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         fw, preset, *nums = sys.argv[2:]
         if fw == "torch":
-            print(torch_step_time(preset, *map(int, nums)))
+            print(json.dumps({"s": torch_step_time(preset, *map(int, nums))}))
         else:
-            print(
-                jax_step_time(preset, *map(int, nums), conv_impl="xla" if "xla" in fw else "auto")
-            )
+            impl = "xla" if "xla" in fw else "auto"
+            sec, flops = jax_step_time(preset, *map(int, nums), conv_impl=impl)
+            print(json.dumps({"s": sec, "flops": flops}))
     else:
         print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
