@@ -83,6 +83,7 @@ def make_loss_fn(config, model, num_views: int):
             strength,
             min_scale=config.augment.min_scale,
             max_rot_deg=config.augment.max_rot_deg,
+            parts=config.augment.get("parts", 1),
         )  # [b, 2k, H, W, C]
         target = _target_params(config, state, params)
         if method == "per_view":

@@ -42,6 +42,11 @@ def test_per_item_keys_make_items_independent_of_the_batch_split():
     # A batch of one with key r draws exactly as item key r (callers vmap over items).
     one = jax.vmap(lambda kk, xi, si: augment_views(kk, xi[None], si[None])[0])(keys, x, st)
     np.testing.assert_allclose(one, full, atol=1e-6)
+    # `parts` runs the same per-shape draws as independent calls, even or uneven splits.
+    for parts in (2, 3, 8):
+        chex.assert_trees_all_close(augment_views(keys, x, st, parts=parts), full, atol=1e-6)
+    with pytest.raises(ValueError, match="one key per shape"):
+        augment_views(jax.random.key(7), x, st, parts=2)
     sk = augment_sketches(keys, x[:, 0])
     np.testing.assert_allclose(augment_sketches(keys[1:3], x[1:3, 0]), sk[1:3], atol=1e-6)
 
