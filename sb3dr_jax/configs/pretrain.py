@@ -18,9 +18,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dataset = dataset_config(a.get("dataset", "demo"), smoke=smoke)
+    backbone = a.get("backbone", "resnet_tiny")
     c.model = ml_collections.ConfigDict(
         dict(
-            backbone=a.get("backbone", "resnet_tiny"),
+            backbone=backbone,
             num_filters=0,
             norm="group",
             dtype="float32",
@@ -31,7 +32,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             # Views per backbone call: resnet_tiny's small convolutions run one thread each, so
             # independent chunks run side by side on the CPU threads and stay in cache; wider
             # backbones' convolutions use every core themselves (benchmarks/README.md). 0 = all.
-            view_chunk=16 if a.get("backbone", "resnet_tiny") == "resnet_tiny" else 0,
+            view_chunk=16 if backbone == "resnet_tiny" else 0,
             # "auto": oneDNN convolutions on CPU when they build (kernels/onednn.py), else XLA's.
             conv_impl="auto",
         )

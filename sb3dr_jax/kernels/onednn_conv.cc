@@ -17,8 +17,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -52,6 +52,11 @@ struct Geom {
   memory::dims strides() const { return {sh, sw}; }
   memory::dims pad_l() const { return {ph0, pw0}; }
   memory::dims pad_r() const { return {ph1, pw1}; }
+  // From the 15 numbers above in order (the layout `onednn.py` passes through ctypes).
+  static Geom FromArray(const int64_t* v) {
+    return {v[0], v[1], v[2],  v[3],  v[4],  v[5],  v[6], v[7],
+            v[8], v[9], v[10], v[11], v[12], v[13], v[14]};
+  }
 };
 
 // XLA runs independent thunks concurrently; the pip build of oneDNN shares one library
@@ -158,7 +163,6 @@ ffi::Error MakeGeom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
   return Check(ok, "onednn conv: inconsistent input, kernel and output shapes");
 }
 
-// Runs `e` with the kernel argument `wei_arg` (DNNL_ARG_WEIGHTS or DNNL_ARG_DIFF_WEIGHTS).
 // Runs `op` on one geometry. Pointers use the forward's names: x [N, H, W, C] (the input, or
 // dx for kBwdData), w [KH, KW, C, O] (the kernel, or dw for kBwdWeights), y [N, OH, OW, O] (the
 // output, or dy for both gradients). The kernel is reordered to the primitive's layout first
@@ -243,8 +247,7 @@ SB3DR_CONV_HANDLER(Sb3drConvBwdWeights, ConvBwdWeightsImpl)
 // Which oneDNN kernel each op uses for a geometry (for benchmarks and checks that no
 // reference kernel is picked); returns the length written to `out`.
 extern "C" int sb3dr_conv_impl_info(int op, const int64_t* geom, char* out, int cap) {
-  Geom g{geom[0], geom[1], geom[2],  geom[3],  geom[4],  geom[5],  geom[6], geom[7],
-         geom[8], geom[9], geom[10], geom[11], geom[12], geom[13], geom[14]};
+  const Geom g = Geom::FromArray(geom);
   std::string s;
   try {
     s = MakePd(static_cast<Op>(op), g).impl_info_str();
@@ -259,7 +262,6 @@ extern "C" int sb3dr_conv_impl_info(int op, const int64_t* geom, char* out, int 
 
 // OpenMP threads a call of this geometry runs on (ThreadsFor), for tests and benchmarks.
 extern "C" int sb3dr_conv_threads(int op, const int64_t* geom) {
-  Geom g{geom[0], geom[1], geom[2],  geom[3],  geom[4],  geom[5],  geom[6], geom[7],
-         geom[8], geom[9], geom[10], geom[11], geom[12], geom[13], geom[14]};
+  const Geom g = Geom::FromArray(geom);
   return ThreadsFor(static_cast<Op>(op), g);
 }
