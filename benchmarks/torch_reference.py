@@ -8,6 +8,11 @@ channels-last tensors (its best CPU memory format); JAX runs the jitted pmap ste
 `sb3dr_jax/kernels`) and again with XLA's own. The ratio is JAX throughput / PyTorch throughput
 (>1: JAX is faster).
 
+On an accelerator (JAX's default backend is a GPU or TPU) the cases are ResNet-18 at 128 px
+(the `gpu` config's backbone and resolution) in mixed precision, bf16 compute with float32
+parameters (Flax `dtype` against PyTorch autocast), and once in float32; PyTorch runs on CUDA
+when it can. Each case also reports model FLOPs utilisation (`peak_flops.py`).
+
     python benchmarks/torch_reference.py [--quick]
 """
 
@@ -24,8 +29,25 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# On a GPU each worker process allocates what it needs, not 75% of the memory up front: the
+# parent and the workers share one device.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from benchmarks.peak_flops import mfu, peak_flops  # noqa: E402
 
 PRESETS = {"resnet_tiny": ((1, 1, 1, 1), 16), "resnet18": ((2, 2, 2, 2), 64)}
+DTYPES = ("float32", "bfloat16")
+# (preset, global batch, views per branch, px, compute dtype)
+CPU_CASES = (
+    ("resnet_tiny", 16, 4, 64, "float32"),
+    ("resnet_tiny", 32, 4, 64, "float32"),
+    ("resnet18", 8, 4, 64, "float32"),
+)
+ACCEL_CASES = (
+    ("resnet18", 64, 4, 128, "bfloat16"),
+    ("resnet18", 128, 4, 128, "bfloat16"),
+    ("resnet18", 128, 4, 128, "float32"),
+)
 
 
 def _torch_model(preset: str, res: int, proj_hidden: int, proj_dim: int):
@@ -95,12 +117,16 @@ def _torch_augment(views, gen):
     import torch
     import torch.nn.functional as F
 
-    n = views.shape[0] * views.shape[1]
-    scale = torch.empty(n).uniform_(0.6, 1.0, generator=gen)
-    rot = torch.empty(n).uniform_(-1, 1, generator=gen) * math.radians(10)
-    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    shift = torch.empty(n, 2).uniform_(-1, 1, generator=gen) * (1 - scale[:, None] + 0.05)
-    theta = torch.zeros(n, 2, 3)
+    n, dev = views.shape[0] * views.shape[1], views.device
+
+    def uniform(*shape, lo=-1.0, hi=1.0):
+        return torch.empty(*shape, device=dev).uniform_(lo, hi, generator=gen)
+
+    scale = uniform(n, lo=0.6)
+    rot = uniform(n) * math.radians(10)
+    flip = torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -1.0, 1.0)
+    shift = uniform(n, 2) * (1 - scale[:, None] + 0.05)
+    theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0] = scale * torch.cos(rot) * flip
     theta[:, 0, 1] = -scale * torch.sin(rot)
     theta[:, 1, 0] = scale * torch.sin(rot) * flip
@@ -113,37 +139,91 @@ def _torch_augment(views, gen):
     ).view_as(views)
 
 
-def torch_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> float:
-    """Seconds per BYOL step in PyTorch (eager, channels-last)."""
+def _time_windows(step, sync, steps: int, windows: int) -> list[float]:
+    """Seconds per step in each of `windows` windows of `steps` steps, after two warm-ups.
+
+    Two warm-up steps: the first call sees host inputs, the second the step's own outputs, and
+    each may compile (JAX) or pick kernels (cuDNN). `sync` waits for the device to finish.
+    """
+    step()
+    step()
+    sync()
+    out = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        out.append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown {dtype!r}; choose from {DTYPES}")
+
+
+def torch_step_time(
+    preset: str,
+    batch: int,
+    k: int,
+    res: int,
+    steps: int,
+    dtype: str = "float32",
+    device: str = "cpu",
+    windows: int = 1,
+) -> list[float]:
+    """Seconds per BYOL step in PyTorch (eager, channels-last), one figure per timing window.
+
+    Args:
+      preset: "resnet_tiny" or "resnet18".
+      batch: shapes per step; k: views per branch; res: view size in pixels.
+      steps: timed steps per window.
+      dtype: "float32", or "bfloat16" for autocast mixed precision (float32 parameters).
+      device: "cpu" or "cuda".
+      windows: timing windows, each of `steps` steps.
+
+    Returns:
+      Seconds per step of each window.
+    """
     import copy
 
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    _check_dtype(dtype)
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    else:
+        torch.backends.cudnn.benchmark = True  # pick the fastest kernel per shape, as XLA does
     torch.manual_seed(0)
     online, predictor = _torch_model(preset, res, 256, 128)
+    online.to(dev, memory_format=torch.channels_last)
+    predictor.to(dev)
     target = copy.deepcopy(online).requires_grad_(False)
     params = list(online.parameters()) + list(predictor.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(0)
-    views = torch.randint(0, 255, (batch, 12, 3, res, res), dtype=torch.uint8)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    views = torch.randint(0, 255, (batch, 12, 3, res, res), dtype=torch.uint8, device=dev)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def loss_fn(p, z):
-        return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)
+        return 2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
 
     def step():
-        perm = torch.argsort(torch.rand(batch, 12, generator=gen), 1)[:, : 2 * k]
-        x = (
-            torch.gather(views, 1, perm[:, :, None, None, None].expand(-1, -1, 3, res, res)).float()
-            / 255
-        )
+        perm = torch.argsort(torch.rand(batch, 12, generator=gen, device=dev), 1)[:, : 2 * k]
+        idx = perm[:, :, None, None, None].expand(-1, -1, 3, res, res)
+        x = torch.gather(views, 1, idx).float() / 255
         x = _torch_augment(x, gen)
         both = torch.cat([x[:, :k], x[:, k:]], 0)
-        z_on = online["proj"](online["enc"](both))
-        p = predictor(z_on)
-        with torch.no_grad():
-            z_t = target["proj"](target["enc"](both))
+        with autocast():
+            z_on = online["proj"](online["enc"](both))
+            p = predictor(z_on)
+            with torch.no_grad():
+                z_t = target["proj"](target["enc"](both))
         loss = (loss_fn(p[:batch], z_t[batch:]) + loss_fn(p[batch:], z_t[:batch])).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,12 +233,11 @@ def torch_step_time(preset: str, batch: int, k: int, res: int, steps: int) -> fl
                 t.mul_(0.99).add_(o, alpha=0.01)
         return loss
 
-    step()
-    step()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return _time_windows(step, sync, steps, windows)
 
 
 def _step_flops(step, *args) -> float | None:
@@ -175,24 +254,41 @@ def _step_flops(step, *args) -> float | None:
 
 
 def jax_step_time(
-    preset: str, batch: int, k: int, res: int, steps: int, conv_impl: str = "auto"
-) -> tuple[float, float | None]:
+    preset: str,
+    batch: int,
+    k: int,
+    res: int,
+    steps: int,
+    conv_impl: str = "auto",
+    dtype: str = "float32",
+    windows: int = 1,
+) -> tuple[list[float], float | None]:
     """Seconds per teacher step in JAX (the jitted pmap step of `launch.pretrain`), and its FLOPs.
 
-    `conv_impl` "auto" is the CPU config's default (oneDNN convolutions when they build);
-    "xla" times the same step on XLA's own convolution kernels, and only then are the step's
-    FLOPs counted (XLA's cost analysis; the oneDNN custom calls have no cost model).
+    Args:
+      preset, batch, k, res, steps, windows: as `torch_step_time`.
+      conv_impl: "auto" is the CPU config's default (oneDNN convolutions when they build);
+        "xla" times the same step on XLA's own convolution kernels.
+      dtype: the model's compute dtype (`model.dtype`; parameters stay float32).
+
+    Returns:
+      (seconds per step of each window, FLOPs per step). FLOPs are XLA's cost analysis of the
+      step, counted only when it runs on XLA's convolutions: custom calls have no cost model.
     """
     import jax
 
     from sb3dr_jax import pretrain
     from sb3dr_jax.configs.pretrain import get_config
+    from sb3dr_jax.models.resnet import resolve_conv_impl
     from sb3dr_jax.train import data_parallel, make_optimizer, make_step
 
+    _check_dtype(dtype)
     c = get_config(f"backbone={preset}")  # the CPU config a user of that backbone gets
+    if jax.default_backend() != "cpu":  # what the `gpu` config does on an accelerator
+        c.model.view_chunk, c.augment.parts = 0, 1
     c.ssl.views_per_branch = k
     c.longtail.method = os.environ.get("SB3DR_BENCH_LONGTAIL", "none")
-    c.model.conv_impl = conv_impl
+    c.model.update(conv_impl=conv_impl, dtype=dtype)
     c.global_batch = batch
     model = pretrain.teacher_model(c)
     opt = make_optimizer(c.optim, 1000)
@@ -212,103 +308,161 @@ def jax_step_time(
         "index": np.zeros((1, batch), np.int32),
         "label": np.zeros((1, batch), np.int32),
     }
+    b = jax.pmap(lambda x: x)(b)  # on the device once, as PyTorch's views are
     rng = jax.random.key(0)
-    flops = _step_flops(step, ds, b, rng, {}) if conv_impl == "xla" else None
-    for _ in range(2):
-        ds, m = step(ds, b, rng, {})
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        ds, m = step(ds, b, rng, {})
-    jax.block_until_ready(m)
-    return (time.perf_counter() - t0) / steps, flops
+    xla = resolve_conv_impl(conv_impl) == "xla" or dtype != "float32"
+    flops = _step_flops(step, ds, b, rng, {}) if xla else None
+    carry = [ds, None]
+
+    def run_step():
+        carry[:] = step(carry[0], b, rng, {})  # the donated state feeds the next step
+
+    return _time_windows(run_step, lambda: jax.block_until_ready(carry[1]), steps, windows), flops
 
 
-def _time_in_subprocess(framework: str, preset: str, batch: int, k: int, res: int, steps: int):
-    """Seconds per step of one framework, timed in a fresh Python process.
+def _time_in_subprocess(framework: str, case: dict) -> dict:
+    """One framework's seconds per step on one case, timed in a fresh Python process.
 
     A fresh process per measurement keeps the frameworks from slowing each other down: after a
     PyTorch step its OpenMP workers keep spinning for a while, which cost the next JAX
     measurement in the same process 15-20% on 2 cores.
+
+    Returns:
+      {"s": [seconds per step of each window], "flops": FLOPs per step or None,
+      "device_kind": the chip}.
     """
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework]
-    cmd += [preset, str(batch), str(k), str(res), str(steps)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, json.dumps(case)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{framework} benchmark worker failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # {"s": seconds, "flops": ...}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _worker(framework: str, case: dict) -> dict:
+    """Runs one measurement in this process (the `--worker` command line)."""
+    args = [case[k] for k in ("preset", "batch", "k", "res", "steps")]
+    kw = {"dtype": case["dtype"], "windows": case["windows"]}
+    if framework == "torch":
+        import torch
+
+        dev = case["torch_device"]
+        kind = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+        return {"s": torch_step_time(*args, device=dev, **kw), "flops": None, "device_kind": kind}
+    import jax
+
+    impl = "xla" if framework == "jax_xla_conv" else "auto"
+    sec, flops = jax_step_time(*args, conv_impl=impl, **kw)
+    return {"s": sec, "flops": flops, "device_kind": jax.devices()[0].device_kind}
+
+
+def _plan(quick: bool, accelerator: bool, torch_device: str | None):
+    """(cases, frameworks, rounds, steps, windows) for this machine."""
+    if accelerator:
+        # No thread pools to contend on a GPU: one process per framework and case, timed in
+        # three windows, keeps the device time short.
+        fws = ("jax", "torch") if torch_device else ("jax",)
+        cases, (rounds, steps, windows) = ACCEL_CASES, ((1, 5, 1) if quick else (1, 20, 3))
+    else:
+        fws = ("jax", "jax_xla_conv", "torch")
+        cases, (rounds, steps, windows) = CPU_CASES, ((1, 3, 1) if quick else (3, 8, 1))
+    return (cases[:1] if quick else cases), fws, rounds, steps, windows
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def _summary(case: dict, times: dict, flops: float | None, kind: str) -> dict:
+    """The JSON row of one case from its per-framework times (medians over rounds/windows)."""
+    med = {fw: float(np.median(ts)) for fw, ts in times.items()}
+    j, t, x = med["jax"], med.get("torch"), med.get("jax_xla_conv")
+    peak = peak_flops(kind, case["dtype"])
+    row = {
+        "preset": case["preset"],
+        "batch": case["batch"],
+        "views_per_shape": 2 * case["k"],
+        "res": case["res"],
+        "dtype": case["dtype"],
+        "device_kind": kind,
+        "jax_s_per_step": round(j, 4),
+        "jax_shapes_per_s": round(case["batch"] / j, 2),
+        "jax_views_per_s": round(case["batch"] * 2 * case["k"] / j, 1),
+        "gflop_per_step": flops and round(flops / 1e9, 1),  # the same model maths in both
+        "jax_gflops_per_s": flops and round(flops / 1e9 / j, 1),
+        "peak_tflops": peak and round(peak / 1e12, 1),
+        "jax_mfu": _round(mfu(flops, j, peak), 4),
+    }
+    if x is not None:
+        row["jax_xla_conv_s_per_step"] = round(x, 4)
+    if t is not None:
+        row |= {
+            "torch_s_per_step": round(t, 4),
+            "torch_shapes_per_s": round(case["batch"] / t, 2),
+            "ratio_jax_over_torch": round(t / j, 3),
+            "ratios_per_round": [round(b / a, 3) for a, b in zip(times["jax"], times["torch"])],
+            "torch_gflops_per_s": flops and round(flops / 1e9 / t, 1),
+            "torch_mfu": _round(mfu(flops, t, peak), 4),
+        }
+        if x is not None:
+            row["ratio_xla_conv_over_torch"] = round(t / x, 3)
+    return row
 
 
 def run(quick: bool = False) -> dict:
     """Times both frameworks on the same configurations.
 
-    Each case alternates JAX and PyTorch measurements (`rounds` of each, every one in a fresh
-    process) and keeps the median per framework, so slow spells of a shared machine hit both.
+    On CPU each case alternates JAX and PyTorch measurements (`rounds` of each, every one in a
+    fresh process) and keeps the median per framework, so slow spells of a shared machine hit
+    both. On an accelerator each framework runs once per case, timed in several windows.
 
     Returns:
-      {"cases": [{preset, batch, views, res, jax_s, torch_s, jax_shapes_per_s,
-      torch_shapes_per_s, ratio, ratios_per_round, gflop_per_step (XLA's cost analysis of the
-      step), jax_gflops_per_s, torch_gflops_per_s}], "ratio_default": the CPU default config's
-      ratio}.
+      {"cases": [{preset, batch, views_per_shape, res, dtype, device_kind, jax_s_per_step,
+      torch_s_per_step, *_shapes_per_s, ratio_jax_over_torch, ratios_per_round, gflop_per_step
+      (XLA's cost analysis of the step), *_gflops_per_s, peak_tflops, jax_mfu, torch_mfu, and
+      on CPU jax_xla_conv_s_per_step, ratio_xla_conv_over_torch}], "ratio_default": the first
+      case's ratio}.
     """
+    import jax
+
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
-        return {"skipped": "PyTorch is not installed: pip install -e '.[torch]'"}
+        torch = None
+    accelerator = jax.default_backend() != "cpu"
+    torch_device = "cuda" if accelerator and torch and torch.cuda.is_available() else "cpu"
+    if torch is None or (accelerator and torch_device != "cuda"):
+        if not accelerator:
+            return {"skipped": "PyTorch is not installed: pip install -e '.[torch]'"}
+        torch_device = None  # e.g. a TPU: JAX's figures and MFU alone
+    cases, fws, rounds, steps, windows = _plan(quick, accelerator, torch_device)
+    out = []
+    for preset, batch, k, res, dtype in cases:
+        case = dict(preset=preset, batch=batch, k=k, res=res, dtype=dtype, steps=steps,
+                    windows=windows, torch_device=torch_device)  # fmt: skip
+        times, flops, kind = {fw: [] for fw in fws}, None, "cpu"
+        for _ in range(rounds):
+            for fw in fws:
+                r = _time_in_subprocess(fw, case)
+                times[fw] += r["s"]
+                flops = flops or r["flops"]
+                kind = r["device_kind"] if fw == "jax" else kind
+        out.append(_summary(case, times, flops, kind))
     from sb3dr_jax.models.resnet import resolve_conv_impl
 
-    cases = [("resnet_tiny", 16, 4, 64), ("resnet_tiny", 32, 4, 64), ("resnet18", 8, 4, 64)]
-    if quick:
-        cases = cases[:1]
-    steps, rounds = (3, 1) if quick else (8, 3)
-    out = []
-    for preset, batch, k, res in cases:
-        times, flops = {"jax": [], "jax_xla_conv": [], "torch": []}, None
-        for _ in range(rounds):
-            for fw, ts in times.items():
-                r = _time_in_subprocess(fw, preset, batch, k, res, steps)
-                ts.append(r["s"])
-                flops = flops or r.get("flops")
-        j, x, t = (float(np.median(times[f])) for f in ("jax", "jax_xla_conv", "torch"))
-        gf = flops / 1e9 if flops else None  # the same model maths in both frameworks
-        out.append(
-            {
-                "preset": preset,
-                "batch": batch,
-                "views_per_shape": 2 * k,
-                "res": res,
-                "jax_conv_impl": resolve_conv_impl("auto"),
-                "jax_s_per_step": round(j, 4),
-                "jax_xla_conv_s_per_step": round(x, 4),
-                "torch_s_per_step": round(t, 4),
-                "jax_shapes_per_s": round(batch / j, 2),
-                "torch_shapes_per_s": round(batch / t, 2),
-                "jax_views_per_s": round(batch * 2 * k / j, 1),
-                "ratio_jax_over_torch": round(t / j, 3),
-                "ratio_xla_conv_over_torch": round(t / x, 3),
-                "ratios_per_round": [round(b / a, 3) for a, b in zip(times["jax"], times["torch"])],
-                "gflop_per_step": gf and round(gf, 1),
-                "jax_gflops_per_s": gf and round(gf / j, 1),
-                "torch_gflops_per_s": gf and round(gf / t, 1),
-            }
-        )
     return {
         "cases": out,
-        "ratio_default": out[0]["ratio_jax_over_torch"],
-        "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; JAX with "
-        "the CPU config's convolutions (jax_conv_impl) and with XLA's own; each measurement in "
-        "a fresh process, median of alternating rounds",
+        "jax_conv_impl": resolve_conv_impl("auto"),
+        "ratio_default": out[0].get("ratio_jax_over_torch"),
+        "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; on CPU "
+        "JAX with the config's convolutions (jax_conv_impl) and with XLA's own, each "
+        "measurement in a fresh process, median of alternating rounds; on an accelerator one "
+        "process per framework, median of timing windows; MFU = XLA's FLOP count of the step / "
+        "time / the chip's dense peak for the dtype (peak_flops.py)",
     }
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        fw, preset, *nums = sys.argv[2:]
-        if fw == "torch":
-            print(json.dumps({"s": torch_step_time(preset, *map(int, nums))}))
-        else:
-            impl = "xla" if "xla" in fw else "auto"
-            sec, flops = jax_step_time(preset, *map(int, nums), conv_impl=impl)
-            print(json.dumps({"s": sec, "flops": flops}))
+    if len(sys.argv) > 3 and sys.argv[1] == "--worker":
+        print(json.dumps(_worker(sys.argv[2], json.loads(sys.argv[3]))))
     else:
         print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

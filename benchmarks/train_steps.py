@@ -3,7 +3,9 @@
     python -m benchmarks.train_steps [--quick]
 
 Runs the real step functions (`make_step` + the teacher / student loss) on random batches over
-all local devices (pmap); compile time is excluded.
+all local devices (pmap); compile time is excluded. On CPU the configs are the default ones at
+64 px (`smoke` at 32 px with `--quick`); on an accelerator the `gpu` configs (ResNet-18, bf16,
+128 px) at batches of 64-256 per device.
 """
 
 from __future__ import annotations
@@ -43,9 +45,16 @@ def _time(dp, step, state, batch, consts, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
+def _config_arg(res: int) -> str:
+    """The config variant these benchmarks time: `gpu` on accelerators, else CPU ones."""
+    if jax.default_backend() != "cpu":
+        return "gpu"
+    return "smoke" if res <= 32 else ""
+
+
 def teacher(dp, batch_size: int, res: int, iters: int) -> dict:
     """Teacher (BYOL + BCL) step throughput for one global batch size."""
-    cfg = pretrain_config.get_config("smoke" if res <= 32 else "")
+    cfg = pretrain_config.get_config(_config_arg(res))
     model, opt = pretrain.teacher_model(cfg), make_optimizer(cfg.optim, 100)
     rs, n = np.random.RandomState(0), 4 * batch_size
     batch = {
@@ -64,8 +73,8 @@ def teacher(dp, batch_size: int, res: int, iters: int) -> dict:
 
 def student(dp, batch_size: int, res: int, iters: int, online: bool) -> dict:
     """Distill step throughput (cached table or online teacher) for one global batch size."""
-    tcfg = pretrain_config.get_config("smoke" if res <= 32 else "")
-    cfg = distill_config.get_config("smoke" if res <= 32 else "")
+    tcfg = pretrain_config.get_config(_config_arg(res))
+    cfg = distill_config.get_config(_config_arg(res))
     f = feature_dim(**tcfg.model.to_dict())
     model = build_model("sketch_student", **distill.student_model_kwargs(cfg, f))
     opt, rs, n = make_optimizer(cfg.optim, 100), np.random.RandomState(1), 4 * batch_size
@@ -99,16 +108,21 @@ def student(dp, batch_size: int, res: int, iters: int, online: bool) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    """Measures the steps; `quick` uses 32 px inputs and fewer sizes/iterations.
+    """Measures the steps; `quick` uses smaller inputs (CPU) and fewer sizes/iterations.
 
     Returns:
       {"devices", "resolution", "teacher": [...], "distill": [...], "cached_vs_online": [...]}.
     """
     dp = data_parallel("pmap")
     d = dp.num_devices
-    res, iters = (32, 2) if quick else (64, 5)
-    sizes = [4 * d, 8 * d] if quick else [8 * d, 16 * d, 32 * d]
-    out = {"devices": d, "platform": jax.devices()[0].platform, "resolution": res}
+    if jax.default_backend() != "cpu":
+        res, iters = 128, (3 if quick else 10)
+        sizes = [64 * d] if quick else [64 * d, 128 * d, 256 * d]
+    else:
+        res, iters = (32, 2) if quick else (64, 5)
+        sizes = [4 * d, 8 * d] if quick else [8 * d, 16 * d, 32 * d]
+    out = {"devices": d, "platform": jax.devices()[0].platform, "resolution": res,
+           "config": _config_arg(res) or "default"}  # fmt: skip
     out["teacher"] = [teacher(dp, b, res, iters) for b in sizes]
     out["distill"] = [student(dp, 2 * b, res, iters, online=False) for b in sizes]
     b = 2 * sizes[0]

@@ -14,7 +14,6 @@ import ml_collections
 import numpy as np
 
 from sb3dr_jax.data import dataset_from_config
-from sb3dr_jax.data.pipeline import sketch_batches
 from sb3dr_jax.evals.index import RetrievalIndex
 from sb3dr_jax.evaluate import evaluate_student
 from sb3dr_jax.models import build_model, feature_dim, init_student_from_teacher
@@ -157,6 +156,7 @@ def run(config, workdir: str):
     Raises:
       FileNotFoundError: no teacher checkpoint (the message names the command to run first).
     """
+    from sb3dr_jax.data.pipeline import sketch_batches  # tf.data: only where data is read
     from sb3dr_jax.train.loop import load_config
 
     try:

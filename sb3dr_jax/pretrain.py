@@ -15,7 +15,6 @@ import numpy as np
 
 from sb3dr_jax import evals
 from sb3dr_jax.data import dataset_from_config
-from sb3dr_jax.data.pipeline import shape_batches
 from sb3dr_jax.models import build_model
 from sb3dr_jax.models.common import centre_and_normalize, l2_normalize, normalize_uint8
 from sb3dr_jax.objectives import longtail, ssl
@@ -228,6 +227,8 @@ def run(config, workdir: str):
     Returns:
       The final host `TrainState`.
     """
+    from sb3dr_jax.data.pipeline import shape_batches  # tf.data: only where data is read
+
     save_config(config, workdir)
     builder = dataset_from_config(config.dataset)
     num_shapes = builder.info.splits["shapes"].num_examples

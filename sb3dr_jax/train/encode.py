@@ -7,7 +7,6 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from sb3dr_jax.data.pipeline import eval_batches
 from sb3dr_jax.train.parallel import DataParallel
 
 
@@ -29,6 +28,8 @@ def encode_split(
       (embeddings [n, E] float32, labels [n] int, ids) of every item of the split, the same on
       every process.
     """
+    from sb3dr_jax.data.pipeline import eval_batches  # tf.data: only where data is read
+
     embs, labels, ids, masks = [], [], [], []
     for batch in eval_batches(builder, split, global_batch=global_batch):
         out = fn(params, dp.shard({key: batch[key]}))

@@ -21,7 +21,6 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from clu import metric_writers
 from tqdm import tqdm
 
 from sb3dr_jax.train.parallel import DataParallel
@@ -136,9 +135,7 @@ def fit(
         print(f"[train] resumed from {mngr.directory} at step {start}", flush=True)
     for _ in range(start):  # fast-forward the data so resume == uninterrupted
         next(batches)
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=not lead, asynchronous=False
-    )
+    writer = _metric_writer(workdir, just_logging=not lead)
     jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl") if lead else None)
     pstep = dp.step(step_fn)
     dstate, dconsts = dp.replicate(state), dp.replicate(consts)
@@ -199,11 +196,25 @@ def fit(
     return dp.unreplicate(dstate)
 
 
+def _metric_writer(workdir: str, *, just_logging: bool):
+    """clu's TensorBoard + logging writer.
+
+    Imported here, not at the top: clu loads TensorFlow, and the step machinery (`make_step`,
+    the data-parallel dispatch, the models) must import without it, so hosts that only time
+    steps (an accelerator machine with JAX and PyTorch but no TensorFlow) can run them.
+    """
+    from clu import metric_writers
+
+    return metric_writers.create_default_writer(
+        workdir, just_logging=just_logging, asynchronous=False
+    )
+
+
 def write_metrics(workdir: str, step: int, scalars: dict[str, float]) -> None:
     """Appends scalars (e.g. a final evaluation) to the run's TensorBoard and JSONL logs."""
     if jax.process_index() != 0:
         return
-    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+    writer = _metric_writer(workdir, just_logging=False)
     writer.write_scalars(step, scalars)
     writer.close()
     jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl"))

@@ -1,0 +1,134 @@
+"""The benchmarks' bookkeeping: peak FLOP/s table, MFU, the PyTorch reference's plan and rows,
+and its bf16 step path (what an accelerator run relies on), on CPU. Nothing here is timed."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+
+from benchmarks import peak_flops as pf  # noqa: E402
+from benchmarks import torch_reference as tr  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "kind,dtype,tflops",
+    [
+        ("NVIDIA H200", "bfloat16", 989.4),
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),
+        ("NVIDIA H100 PCIe", "bfloat16", 756.0),
+        ("NVIDIA A100-SXM4-80GB", "float32", 156.0),
+        ("NVIDIA L40S", "bfloat16", 362.1),
+        ("NVIDIA L4", "bfloat16", 121.0),
+        ("TPU v5 lite", "bfloat16", 197.0),
+        ("TPU v4", "bfloat16", 275.0),
+    ],
+)
+def test_peak_flops_table(kind, dtype, tflops, monkeypatch):
+    monkeypatch.delenv("SB3DR_PEAK_TFLOPS", raising=False)
+    assert pf.peak_flops(kind, dtype) == pytest.approx(tflops * 1e12)
+
+
+def test_peak_flops_unknown_and_override(monkeypatch):
+    monkeypatch.delenv("SB3DR_PEAK_TFLOPS", raising=False)
+    assert pf.peak_flops("cpu", "float32") is None
+    assert pf.peak_flops("TPU v4", "float32") is None  # no float32 matrix peak on TPUs
+    assert pf.peak_flops("NVIDIA V100-SXM2-16GB", "bfloat16") is None
+    monkeypatch.setenv("SB3DR_PEAK_TFLOPS", "100")
+    assert pf.peak_flops("cpu", "float32") == 100e12
+
+
+def test_mfu():
+    assert pf.mfu(5e12, 0.01, 1000e12) == pytest.approx(0.5)
+    assert pf.mfu(None, 0.01, 1e12) is None
+    assert pf.mfu(1e12, 0.01, None) is None
+
+
+def test_plan_per_machine():
+    cases, fws, rounds, steps, windows = tr._plan(False, accelerator=False, torch_device="cpu")
+    assert fws == ("jax", "jax_xla_conv", "torch") and rounds == 3 and windows == 1
+    assert all(c[4] == "float32" for c in cases)
+    cases, fws, rounds, _, windows = tr._plan(False, accelerator=True, torch_device="cuda")
+    assert fws == ("jax", "torch") and rounds == 1 and windows > 1
+    assert {c[4] for c in cases} == {"bfloat16", "float32"} and all(c[3] == 128 for c in cases)
+    _, fws, *_ = tr._plan(True, accelerator=True, torch_device=None)  # a TPU: no PyTorch
+    assert fws == ("jax",)
+
+
+def test_summary_ratio_and_mfu(monkeypatch):
+    monkeypatch.delenv("SB3DR_PEAK_TFLOPS", raising=False)
+    case = dict(preset="resnet18", batch=64, k=4, res=128, dtype="bfloat16")
+    times = {"jax": [0.02, 0.03, 0.025], "torch": [0.05, 0.04, 0.045]}
+    row = tr._summary(case, times, 10e12, "NVIDIA H200")
+    assert row["jax_s_per_step"] == 0.025 and row["torch_s_per_step"] == 0.045
+    assert row["ratio_jax_over_torch"] == pytest.approx(1.8)
+    assert row["ratios_per_round"] == [2.5, 1.333, 1.8]
+    assert row["jax_mfu"] == pytest.approx(10e12 / 0.025 / 989.4e12, abs=1e-4)
+    assert row["torch_mfu"] == pytest.approx(10e12 / 0.045 / 989.4e12, abs=1e-4)
+    assert row["jax_views_per_s"] == pytest.approx(64 * 8 / 0.025)
+    row = tr._summary(case, {"jax": [0.02]}, None, "TPU v4")  # JAX alone, FLOPs unknown
+    assert "ratio_jax_over_torch" not in row and row["jax_mfu"] is None
+
+
+def test_bf16_jax_step_runs_and_counts_flops():
+    """The accelerator cases' path (bf16 compute, XLA convolutions) runs and is counted."""
+    secs, flops = tr.jax_step_time(
+        "resnet_tiny", 2, 1, 32, steps=1, conv_impl="xla", dtype="bfloat16", windows=2
+    )
+    assert len(secs) == 2 and all(s > 0 and math.isfinite(s) for s in secs)
+    assert flops and flops > 1e8  # two encoders over 4 views of 32 px: ~1 GFLOP
+    with pytest.raises(ValueError, match="dtype"):
+        tr.jax_step_time("resnet_tiny", 2, 1, 32, steps=1, dtype="float16")
+
+
+def test_bf16_torch_step_runs():
+    pytest.importorskip("torch", reason="PyTorch is optional: pip install -e '.[torch]'")
+    secs = tr.torch_step_time("resnet_tiny", 2, 1, 32, steps=1, dtype="bfloat16", windows=2)
+    assert len(secs) == 2 and all(s > 0 and math.isfinite(s) for s in secs)
+
+
+def test_step_machinery_imports_without_tensorflow():
+    """Hosts that only time steps (an accelerator machine with no TensorFlow) can import it."""
+    code = (
+        "import sys; import benchmarks.torch_reference, benchmarks.train_steps; "
+        "import sb3dr_jax.pretrain, sb3dr_jax.distill, sb3dr_jax.train; "
+        "bad = [m for m in ('tensorflow', 'tensorflow_datasets', 'clu') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
+
+
+@pytest.mark.parametrize("backend,cuda", [("gpu", True), ("tpu", False)])
+def test_run_on_an_accelerator(backend, cuda, monkeypatch):
+    """The accelerator plan end to end, with the timing processes stubbed (no GPU here)."""
+    import types
+
+    import jax
+
+    calls = []
+
+    def fake_measure(fw, case):
+        calls.append((fw, case["dtype"], case["torch_device"]))
+        sec = {"jax": 0.02, "torch": 0.03}[fw]
+        flops = 2e12 if fw == "jax" else None
+        return {"s": [sec] * case["windows"], "flops": flops, "device_kind": "NVIDIA H200"}
+
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: cuda))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(tr, "_time_in_subprocess", fake_measure)
+    monkeypatch.delenv("SB3DR_PEAK_TFLOPS", raising=False)
+    out = tr.run()
+    fws = {fw for fw, *_ in calls}
+    assert fws == ({"jax", "torch"} if cuda else {"jax"})
+    assert all(dev == ("cuda" if cuda else None) for *_, dev in calls)
+    assert [c["dtype"] for c in out["cases"]] == ["bfloat16", "bfloat16", "float32"]
+    first = out["cases"][0]
+    assert first["jax_mfu"] == pytest.approx(2e12 / 0.02 / 989.4e12, abs=1e-4)
+    assert out["ratio_default"] == (pytest.approx(1.5) if cuda else None)
+    assert out["jax_conv_impl"] == "xla"
