@@ -33,6 +33,8 @@ def _time(dp, step, state, batch, consts, iters: int) -> float:
     dstate, dconsts, rng = dp.replicate(state), dp.replicate(consts), jax.random.key(0)
     d = dp.num_devices
     local = dp.shard(jax.tree_util.tree_map(lambda x: x.reshape((d, -1) + x.shape[1:]), batch))
+    if dp.mode == "pmap":  # on the devices once: this times the step, not the host copy
+        local = jax.pmap(lambda x: x)(local)
     # Two warm-up steps: the first call sees host arrays, the second the step's own device
     # outputs, and each compiles once.
     for _ in range(2):
