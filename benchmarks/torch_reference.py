@@ -23,7 +23,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -34,6 +33,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from benchmarks.peak_flops import mfu, peak_flops  # noqa: E402
+from benchmarks.timing import on_devices, time_jax_step, time_windows  # noqa: E402
 
 PRESETS = {"resnet_tiny": ((1, 1, 1, 1), 16), "resnet18": ((2, 2, 2, 2), 64)}
 DTYPES = ("float32", "bfloat16")
@@ -139,25 +139,6 @@ def _torch_augment(views, gen):
     ).view_as(views)
 
 
-def _time_windows(step, sync, steps: int, windows: int) -> list[float]:
-    """Seconds per step in each of `windows` windows of `steps` steps, after two warm-ups.
-
-    Two warm-up steps: the first call sees host inputs, the second the step's own outputs, and
-    each may compile (JAX) or pick kernels (cuDNN). `sync` waits for the device to finish.
-    """
-    step()
-    step()
-    sync()
-    out = []
-    for _ in range(windows):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        out.append((time.perf_counter() - t0) / steps)
-    return out
-
-
 def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype: unknown {dtype!r}; choose from {DTYPES}")
@@ -237,7 +218,7 @@ def torch_step_time(
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    return _time_windows(step, sync, steps, windows)
+    return time_windows(step, sync, steps, windows)
 
 
 def _step_flops(step, *args) -> float | None:
@@ -284,8 +265,9 @@ def jax_step_time(
 
     _check_dtype(dtype)
     c = get_config(f"backbone={preset}")  # the CPU config a user of that backbone gets
-    if jax.default_backend() != "cpu":  # what the `gpu` config does on an accelerator
-        c.model.view_chunk, c.augment.parts = 0, 1
+    if jax.default_backend() != "cpu":  # batch layout as the `gpu` config has it
+        g = get_config("gpu")
+        c.model.view_chunk, c.augment.parts = g.model.view_chunk, g.augment.parts
     c.ssl.views_per_branch = k
     c.longtail.method = os.environ.get("SB3DR_BENCH_LONGTAIL", "none")
     c.model.update(conv_impl=conv_impl, dtype=dtype)
@@ -308,16 +290,10 @@ def jax_step_time(
         "index": np.zeros((1, batch), np.int32),
         "label": np.zeros((1, batch), np.int32),
     }
-    b = jax.pmap(lambda x: x)(b)  # on the device once, as PyTorch's views are
-    rng = jax.random.key(0)
+    b, rng = on_devices(dp, b), jax.random.key(0)
     xla = resolve_conv_impl(conv_impl) == "xla" or dtype != "float32"
     flops = _step_flops(step, ds, b, rng, {}) if xla else None
-    carry = [ds, None]
-
-    def run_step():
-        carry[:] = step(carry[0], b, rng, {})  # the donated state feeds the next step
-
-    return _time_windows(run_step, lambda: jax.block_until_ready(carry[1]), steps, windows), flops
+    return time_jax_step(step, ds, b, rng, {}, steps, windows), flops
 
 
 def _time_in_subprocess(framework: str, case: dict) -> dict:
@@ -429,11 +405,12 @@ def run(quick: bool = False) -> dict:
     except ImportError:
         torch = None
     accelerator = jax.default_backend() != "cpu"
-    torch_device = "cuda" if accelerator and torch and torch.cuda.is_available() else "cpu"
-    if torch is None or (accelerator and torch_device != "cuda"):
-        if not accelerator:
+    if not accelerator:
+        if torch is None:
             return {"skipped": "PyTorch is not installed: pip install -e '.[torch]'"}
-        torch_device = None  # e.g. a TPU: JAX's figures and MFU alone
+        torch_device = "cpu"
+    else:  # None, e.g. on a TPU: JAX's figures and MFU alone
+        torch_device = "cuda" if torch and torch.cuda.is_available() else None
     cases, fws, rounds, steps, windows = _plan(quick, accelerator, torch_device)
     out = []
     for preset, batch, k, res, dtype in cases:

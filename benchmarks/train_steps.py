@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import jax
 import numpy as np
 
+from benchmarks.timing import on_devices, time_jax_step
 from sb3dr_jax import distill, pretrain
 from sb3dr_jax.configs import distill as distill_config
 from sb3dr_jax.configs import pretrain as pretrain_config
@@ -29,22 +29,10 @@ V, C, K = 12, 3, 10  # views, channels, classes
 
 def _time(dp, step, state, batch, consts, iters: int) -> float:
     """Seconds per step (compile and warm-up excluded)."""
-    pstep = dp.step(step)
-    dstate, dconsts, rng = dp.replicate(state), dp.replicate(consts), jax.random.key(0)
     d = dp.num_devices
     local = dp.shard(jax.tree_util.tree_map(lambda x: x.reshape((d, -1) + x.shape[1:]), batch))
-    if dp.mode == "pmap":  # on the devices once: this times the step, not the host copy
-        local = jax.pmap(lambda x: x)(local)
-    # Two warm-up steps: the first call sees host arrays, the second the step's own device
-    # outputs, and each compiles once.
-    for _ in range(2):
-        dstate, m = pstep(dstate, local, rng, dconsts)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        dstate, m = pstep(dstate, local, rng, dconsts)
-    jax.block_until_ready(m)
-    return (time.perf_counter() - t0) / iters
+    args = (dp.replicate(state), on_devices(dp, local), jax.random.key(0), dp.replicate(consts))
+    return time_jax_step(dp.step(step), *args, steps=iters)[0]
 
 
 def _config_arg(res: int) -> str:

@@ -1,0 +1,50 @@
+"""Step timing shared by the train-step benchmarks (`train_steps.py`, `torch_reference.py`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def time_windows(step: Callable[[], object], sync: Callable[[], object], steps: int,
+                 windows: int) -> list[float]:  # fmt: skip
+    """Seconds per step in each of `windows` windows of `steps` steps, after two warm-ups.
+
+    Two warm-up steps: the first call sees the inputs as placed, the second the step's own
+    outputs, and each may compile (JAX) or pick kernels (cuDNN). `sync` waits for the device.
+    """
+    step()
+    step()
+    sync()
+    out = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        out.append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def time_jax_step(pstep, state, batch, rng, consts, steps: int, windows: int = 1) -> list[float]:
+    """`time_windows` of a dispatched `(state, batch, rng, consts) -> (state, metrics)` step.
+
+    The state is donated, so each step's output state feeds the next; the batch stays where it
+    is (see `on_devices`). JAX is imported here so PyTorch-only workers never load it.
+    """
+    import jax
+
+    carry = [state, None]
+
+    def run():
+        carry[:] = pstep(carry[0], batch, rng, consts)
+
+    return time_windows(run, lambda: jax.block_until_ready(carry[1]), steps, windows)
+
+
+def on_devices(dp, batch):
+    """A dispatch-ready batch placed on the local devices once (as PyTorch's tensors are), so
+    the timing is of the step, not the host-to-device copy."""
+    import jax
+
+    return jax.pmap(lambda x: x)(batch) if dp.mode == "pmap" else batch  # shard_map: placed
