@@ -267,7 +267,7 @@ def jax_step_time(
     c = get_config(f"backbone={preset}")  # the CPU config a user of that backbone gets
     if jax.default_backend() != "cpu":  # batch layout as the `gpu` config has it
         g = get_config("gpu")
-        c.model.view_chunk, c.augment.parts = g.model.view_chunk, g.augment.parts
+        c.model.view_chunk = g.model.view_chunk
     c.ssl.views_per_branch = k
     c.longtail.method = os.environ.get("SB3DR_BENCH_LONGTAIL", "none")
     c.model.update(conv_impl=conv_impl, dtype=dtype)

@@ -67,7 +67,7 @@ def make_loss_fn(config, model, teacher=None):
         x = normalize_uint8(batch["image"])  # [b, S, S, 1]
         if config.augment:
             r_aug = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-            x = augment_sketches(r_aug, x)  # one key per sketch: independent of the split
+            x = augment_sketches(r_aug, x, chunk=int(config.model.get("chunk", 0)))  # [b] keys
         s, _ = model.apply({"params": params}, x)  # [b, E]
         y, t, centres = batch["label"], targets(batch, consts, r_pair), consts["centres"]
         s_all, y_all, t_all = gather(s), gather(y), gather(t)  # global batch [G, ...]

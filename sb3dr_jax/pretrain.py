@@ -27,7 +27,7 @@ from sb3dr_jax.train import (
     make_step,
     sample_keys,
 )
-from sb3dr_jax.train.augment import augment_views, bcl_strength
+from sb3dr_jax.train.augment import augment_images, bcl_strength, view_keys
 from sb3dr_jax.train.encode import encode_split
 from sb3dr_jax.train.loop import load_config, save_config
 
@@ -48,6 +48,44 @@ def _target_params(config, state: TrainState, params):
     if config.ssl.method == "simsiam":
         return sg(params)
     return state.extra["target"]
+
+
+def _augment(config, keys: jax.Array, x: jnp.ndarray, strength: jnp.ndarray, split: bool):
+    """Augments x [b, 2k, ...] (per-shape keys), flattened in the order the encoder reads it.
+
+    The order matters on CPU: augmented in calls of `model.view_chunk` views, each encoder
+    chunk reads its own call's output (see `augment_images`).
+
+    Args:
+      config: the pretrain config (`augment`, `model.view_chunk`).
+      keys: [b] per-shape keys (view j of shape i draws with `view_keys(keys)[i, j]`).
+      x: [b, 2k, H, W, C] views in [0, 1].
+      strength: [b] augmentation strength.
+      split: True: subset A (views [:k]) of every shape, then subset B, i.e. [2, b, k]
+        flattened. False: x's own order, [b, 2k] flattened.
+
+    Returns:
+      [b * 2k, H, W, C] augmented views.
+    """
+    b, v = x.shape[:2]
+    vkeys = view_keys(keys, b, v)  # [b, 2k]
+    st = jnp.broadcast_to(strength[:, None], (b, v))
+
+    def order(a):  # [b, 2k, ...] -> [b * 2k, ...] in the encoder's order
+        rest = a.shape[2:]
+        if split:  # A subsets of all shapes, then B: a reshape + swap, never a concatenate
+            a = jnp.swapaxes(a.reshape((b, 2, v // 2) + rest), 0, 1)
+        return a.reshape((b * v,) + rest)
+
+    out = augment_images(
+        order(vkeys),
+        order(x),
+        order(st),
+        min_scale=config.augment.min_scale,
+        max_rot_deg=config.augment.max_rot_deg,
+        chunk=int(config.model.get("view_chunk", 0)),
+    )
+    return out
 
 
 def make_loss_fn(config, model, num_views: int):
@@ -75,26 +113,15 @@ def make_loss_fn(config, model, num_views: int):
             strength = jax.vmap(one)(sub(1), w)
         else:
             strength = jnp.zeros((b,))
-        # One key per shape: the same draws as augmenting each shape alone, in one batched call.
-        x = augment_views(
-            sub(2),
-            x,
-            strength,
-            min_scale=config.augment.min_scale,
-            max_rot_deg=config.augment.max_rot_deg,
-            parts=config.augment.get("parts", 1),
-        )  # [b, 2k, H, W, C]
+        x = _augment(config, sub(2), x, strength, split=method != "per_view")  # [b * 2k, ...]
         target = _target_params(config, state, params)
         if method == "per_view":
+            x = x.reshape((b, 2 * k) + x.shape[1:])
             _, on = model.apply({"params": params}, x)
             _, tg = model.apply({"params": target}, x)
             per = ssl.per_view_loss(on["view_prediction"], tg["view_projection"])
         else:
-            # [b, 2k, ...] -> [2b, k, ...]: all A subsets, then all B. A reshape + swap, not a
-            # concatenate of slices: XLA:CPU fused the latter with the augmentation's gather
-            # into a loop 10x slower (39 vs 3.5 ms at batch 16, benchmarks/README.md).
-            both = jnp.swapaxes(x.reshape((b, 2, k) + x.shape[2:]), 0, 1)
-            both = both.reshape((2 * b, k) + x.shape[2:])
+            both = x.reshape((2 * b, k) + x.shape[1:])  # all A subsets, then all B
             _, on = model.apply({"params": params}, both)
             z = (
                 sg(on["projection"])

@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sb3dr_jax.train.augment import augment_sketches, augment_views, bcl_strength
+from sb3dr_jax.train.augment import (
+    augment_images,
+    augment_sketches,
+    augment_views,
+    bcl_strength,
+    view_keys,
+)
 
 
 def _blob_views(b=3, k=2, s=32, c=1):
@@ -42,13 +48,20 @@ def test_per_item_keys_make_items_independent_of_the_batch_split():
     # A batch of one with key r draws exactly as item key r (callers vmap over items).
     one = jax.vmap(lambda kk, xi, si: augment_views(kk, xi[None], si[None])[0])(keys, x, st)
     np.testing.assert_allclose(one, full, atol=1e-6)
-    # `parts` runs the same per-shape draws as independent calls, even or uneven splits.
-    for parts in (2, 3, 8):
-        chex.assert_trees_all_close(augment_views(keys, x, st, parts=parts), full, atol=1e-6)
-    with pytest.raises(ValueError, match="one key per shape"):
-        augment_views(jax.random.key(7), x, st, parts=2)
+    # Flat per-view keys (`view_keys`) draw the same; so do chunked calls, even or uneven.
+    vk = view_keys(keys, 4, 2).reshape(8)
+    flat_st = jnp.repeat(st, 2)
+    flat = augment_images(vk, x.reshape(8, 16, 16, 1), flat_st)
+    chex.assert_trees_all_close(flat.reshape(x.shape), full, atol=1e-6)
+    for chunk in (2, 3, 8, 16):
+        chunked = augment_images(vk, x.reshape(8, 16, 16, 1), flat_st, chunk=chunk)
+        chex.assert_trees_all_close(chunked, flat, atol=1e-6)
+    # Reordered keys follow their images: the draw belongs to the key, not the position.
+    rev = augment_images(vk[::-1], x.reshape(8, 16, 16, 1)[::-1], flat_st[::-1], chunk=3)
+    chex.assert_trees_all_close(rev[::-1], flat, atol=1e-6)
     sk = augment_sketches(keys, x[:, 0])
     np.testing.assert_allclose(augment_sketches(keys[1:3], x[1:3, 0]), sk[1:3], atol=1e-6)
+    chex.assert_trees_all_close(augment_sketches(keys, x[:, 0], chunk=3), sk, atol=1e-6)
 
 
 def test_strength_zero_still_augments_and_one_changes_more():
@@ -114,6 +127,8 @@ def test_bad_inputs_raise():
         augment_views(jax.random.split(jax.random.key(0), 2), x, jnp.zeros(3))
     with pytest.raises(ValueError, match="min_scale"):
         augment_views(jax.random.key(0), x, jnp.zeros(3), min_scale=0.0)
+    with pytest.raises(ValueError, match="augment_images: need images"):
+        augment_images(jax.random.split(jax.random.key(0), 3), x[:, 0], jnp.zeros(2))
     with pytest.raises(ValueError, match="views must be"):
         augment_views(jax.random.key(0), x[:, 0], jnp.zeros(3))
     with pytest.raises(ValueError, match="images must be"):

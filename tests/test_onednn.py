@@ -100,9 +100,17 @@ def test_concurrent_independent_convolutions():
         loss = lambda x, w: jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=DN) ** 2)
         return [jax.grad(loss, argnums=(0, 1))(x, w) for x in xs]
 
-    got = jax.jit(lambda: many(onednn.conv_general_dilated))()
     ref = jax.jit(lambda: many(lax.conv_general_dilated))()
-    chex.assert_trees_all_close(got, ref, rtol=1e-4, atol=1e-3)
+    run = jax.jit(lambda: many(onednn.conv_general_dilated))
+    # Asynchronous calls (on XLA's pool, the default) and inline ones give the same results.
+    default = os.environ.get("SB3DR_ONEDNN_ASYNC", "1") != "0"
+    assert onednn.set_async(True) == default
+    try:
+        for asynchronous in (True, False):
+            onednn.set_async(asynchronous)
+            chex.assert_trees_all_close(run(), ref, rtol=1e-4, atol=1e-3)
+    finally:
+        onednn.set_async(default)
 
 
 def _teacher(impl):

@@ -43,8 +43,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.longtail = ml_collections.ConfigDict(
         dict(method=a.get("longtail", "bcl"), beta=0.97, strength=1.0, prune_ratio=0.7)
     )
-    # parts: shapes augmented in independent calls, so XLA:CPU runs their gathers side by side.
-    c.augment = ml_collections.ConfigDict(dict(min_scale=0.6, max_rot_deg=10.0, parts=2))
+    c.augment = ml_collections.ConfigDict(dict(min_scale=0.6, max_rot_deg=10.0))
     c.optim = ml_collections.ConfigDict(
         dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=30, grad_clip=1.0)
     )
@@ -66,7 +65,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             view_chunk=0,  # accelerators want the whole batch in one call
             conv_impl="xla",
         )
-        c.augment.parts = 1  # one gather is already parallel on an accelerator
         c.dataset.render.resolution = 128
         c.dataset.sketch_size = 128
         c.optim.update(name="lars", lr=0.2, weight_decay=1.5e-6, warmup_steps=500)

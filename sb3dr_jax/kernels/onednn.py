@@ -12,7 +12,9 @@ against the oneDNN wheel (a dependency on Linux x86-64) and cached under `$SB3DR
 (default `~/.cache/sb3dr_jax`). `available()` says whether that worked, `unavailable_reason()`
 why not. A small call runs on the one XLA thread that issues it (XLA already runs independent
 convolutions side by side); a big one (`SB3DR_ONEDNN_PARALLEL_MACS`, default 1e8 multiply-adds)
-on every core; `SB3DR_ONEDNN_THREADS` fixes the OpenMP threads of every call.
+on every core; `SB3DR_ONEDNN_THREADS` fixes the OpenMP threads of every call. Calls run
+asynchronously on XLA's intra-op pool (`set_async`; `SB3DR_ONEDNN_ASYNC=0`: inline), so XLA's
+executor starts the next ready op at once instead of running a few ready ones in turn.
 """
 
 from __future__ import annotations
@@ -136,6 +138,14 @@ def threads_for(op: str, x_shape, w_shape, strides=(1, 1), padding="SAME") -> in
     return lib.sb3dr_conv_threads(
         list(_TARGETS).index(op), _geom(x_shape, w_shape, strides, padding)
     )
+
+
+def set_async(on: bool) -> bool:
+    """Runs calls asynchronously on XLA's intra-op pool (True, the default; the environment's
+    `SB3DR_ONEDNN_ASYNC=0` starts a process with False) or inline; returns the old setting.
+    Takes effect for calls from then on, compiled programs included. False when unavailable."""
+    lib = _load()[0]
+    return bool(lib.sb3dr_conv_set_async(int(on))) if lib is not None else False
 
 
 def _pads(x_shape, w_shape, strides, padding) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -8,12 +8,15 @@
 // Layouts are XLA's (and Flax's): activations NHWC, kernels HWIO, f32. Padding is explicit
 // (lo, hi) per spatial dimension, so XLA's asymmetric 'SAME' padding maps one to one.
 // Primitives are built once per (op, shapes, strides, padding) and cached: building one costs
-// more than running it on these sizes.
+// more than running it on these sizes. Calls run asynchronously on XLA's intra-op thread pool
+// (see Async()).
 
 #include <omp.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -186,42 +189,73 @@ void Run(Op op, const Geom& g, void* x, void* w, void* y) {
   s.wait();
 }
 
-// The FFI entry shared by the three handlers: checks shapes, runs, maps oneDNN errors.
-ffi::Error Exec(Op op, ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
-                ffi::Span<const int64_t> yd, void* x, void* w, void* y, int64_t sh, int64_t sw,
-                int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  Geom g;
-  auto err = MakeGeom(xd, wd, yd, sh, sw, ph0, ph1, pw0, pw1, &g);
-  if (err.failure()) return err;
-  try {
-    Run(op, g, x, w, y);
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, e.what());
-  }
-  return ffi::Error::Success();
-}
-
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error ConvFwdImpl(F32 x, F32 w, F32Out y, int64_t sh, int64_t sw, int64_t ph0, int64_t ph1,
-                       int64_t pw0, int64_t pw1) {
-  return Exec(kFwd, x.dimensions(), w.dimensions(), y->dimensions(), x.typed_data(),
-              w.typed_data(), y->typed_data(), sh, sw, ph0, ph1, pw0, pw1);
+// Calls run on XLA's intra-op pool and return a future at once (SB3DR_ONEDNN_ASYNC=0: inline).
+// Why: XLA:CPU's thunk executor hands ready ops to another thread only when more than 8 are
+// waiting (ExecuteSession::kSplitThreshold), so with fewer it ran independent convolutions one
+// after another on one thread while the other core idled. An asynchronous call frees the
+// executor to start the next ready op at once (benchmarks/README.md).
+std::atomic<int> g_async{-1};  // -1: not read from the environment yet
+
+bool Async() {
+  int v = g_async.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("SB3DR_ONEDNN_ASYNC");
+    g_async.store(v = e && std::atoi(e) == 0 ? 0 : 1);
+  }
+  return v > 0;
+}
+
+// The FFI entry shared by the three handlers: checks shapes, runs `op` (on the pool when
+// asynchronous), maps oneDNN errors onto the future.
+ffi::Future Launch(ffi::ThreadPool pool, Op op, ffi::Span<const int64_t> xd,
+                   ffi::Span<const int64_t> wd, ffi::Span<const int64_t> yd, void* x, void* w,
+                   void* y, int64_t sh, int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0,
+                   int64_t pw1) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  Geom g;
+  auto err = MakeGeom(xd, wd, yd, sh, sw, ph0, ph1, pw0, pw1, &g);
+  if (err.failure()) {
+    promise.SetError(err);
+    return future;
+  }
+  auto work = [op, g, x, w, y, promise]() mutable {
+    try {
+      Run(op, g, x, w, y);
+      promise.SetAvailable();
+    } catch (const std::exception& e) {  // dnnl::error, bad_alloc: never past a pool thread
+      promise.SetError(ffi::Error(ffi::ErrorCode::kInternal, e.what()));
+    }
+  };
+  if (Async()) {
+    pool.Schedule(std::move(work));
+  } else {
+    work();
+  }
+  return future;
+}
+
+ffi::Future ConvFwdImpl(ffi::ThreadPool pool, F32 x, F32 w, F32Out y, int64_t sh, int64_t sw,
+                        int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
+  return Launch(pool, kFwd, x.dimensions(), w.dimensions(), y->dimensions(), x.typed_data(),
+                w.typed_data(), y->typed_data(), sh, sw, ph0, ph1, pw0, pw1);
 }
 
 // dx (x's shape) from dy [N, OH, OW, O] and w.
-ffi::Error ConvBwdDataImpl(F32 dy, F32 w, F32Out dx, int64_t sh, int64_t sw, int64_t ph0,
-                           int64_t ph1, int64_t pw0, int64_t pw1) {
-  return Exec(kBwdData, dx->dimensions(), w.dimensions(), dy.dimensions(), dx->typed_data(),
-              w.typed_data(), dy.typed_data(), sh, sw, ph0, ph1, pw0, pw1);
+ffi::Future ConvBwdDataImpl(ffi::ThreadPool pool, F32 dy, F32 w, F32Out dx, int64_t sh,
+                            int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
+  return Launch(pool, kBwdData, dx->dimensions(), w.dimensions(), dy.dimensions(),
+                dx->typed_data(), w.typed_data(), dy.typed_data(), sh, sw, ph0, ph1, pw0, pw1);
 }
 
 // dw [KH, KW, C, O] from x and dy.
-ffi::Error ConvBwdWeightsImpl(F32 x, F32 dy, F32Out dw, int64_t sh, int64_t sw, int64_t ph0,
-                              int64_t ph1, int64_t pw0, int64_t pw1) {
-  return Exec(kBwdWeights, x.dimensions(), dw->dimensions(), dy.dimensions(), x.typed_data(),
-              dw->typed_data(), dy.typed_data(), sh, sw, ph0, ph1, pw0, pw1);
+ffi::Future ConvBwdWeightsImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dw, int64_t sh,
+                               int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
+  return Launch(pool, kBwdWeights, x.dimensions(), dw->dimensions(), dy.dimensions(),
+                x.typed_data(), dw->typed_data(), dy.typed_data(), sh, sw, ph0, ph1, pw0, pw1);
 }
 
 }  // namespace
@@ -230,6 +264,7 @@ ffi::Error ConvBwdWeightsImpl(F32 x, F32 dy, F32Out dw, int64_t sh, int64_t sw, 
 #define SB3DR_CONV_HANDLER(name, impl)                                                    \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, impl,                                              \
                                 ffi::Ffi::Bind()                                         \
+                                    .Ctx<ffi::ThreadPool>()                              \
                                     .Arg<F32>()                                          \
                                     .Arg<F32>()                                          \
                                     .Ret<F32>()                                          \
@@ -264,4 +299,11 @@ extern "C" int sb3dr_conv_impl_info(int op, const int64_t* geom, char* out, int 
 extern "C" int sb3dr_conv_threads(int op, const int64_t* geom) {
   const Geom g = Geom::FromArray(geom);
   return ThreadsFor(static_cast<Op>(op), g);
+}
+
+// Whether calls run asynchronously on XLA's pool (1) or inline (0); returns the old setting.
+extern "C" int sb3dr_conv_set_async(int on) {
+  int old = Async() ? 1 : 0;
+  g_async.store(on ? 1 : 0);
+  return old;
 }

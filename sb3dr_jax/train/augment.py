@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def _is_batch_of_keys(rng: jax.Array, n: int, what: str) -> bool:
@@ -89,6 +88,100 @@ def _check_ranges(min_scale: float, max_strength: float, what: str) -> None:
         )
 
 
+def _resample_each(affine, keys: jax.Array, images: jnp.ndarray, *args, chunk: int = 0):
+    """Resamples every image i through `affine(keys[i], *(a[i] for a in args))`.
+
+    Args:
+      affine: (key, *per-image args) -> (mat [2, 2], shift [2]).
+      keys: [N] keys.
+      images: [N, H, W, C].
+      *args: [N] per-image arrays passed to `affine`.
+      chunk: > 0: `chunk` images per call. A model that runs its backbone on chunks of the
+        same size then reads each call's output straight (XLA drops the slice of the
+        concatenation), so on CPU each chunk's resampling gather runs beside the other chunks'
+        convolutions instead of all of them in one single-threaded loop before the first.
+
+    Returns:
+      [N, H, W, C] resampled images, same dtype.
+    """
+    n = images.shape[0]
+    if 0 < chunk < n:
+        parts = [
+            _resample_each(
+                affine,
+                keys[i : i + chunk],
+                images[i : i + chunk],
+                *(a[i : i + chunk] for a in args),
+            )
+            for i in range(0, n, chunk)
+        ]
+        return jnp.concatenate(parts)
+
+    def one(key, img, *a):  # img [H, W, C]
+        mat, shift = affine(key, *a)
+        return _affine_resample(img.astype(jnp.float32), mat, shift)
+
+    return jax.vmap(one)(keys, images, *args).astype(images.dtype)
+
+
+def view_keys(rng: jax.Array, b: int, k: int) -> jax.Array:
+    """The per-view keys `augment_views` draws with: [B, K] (raw uint32 keys: [B, K, 2]).
+
+    Args:
+      rng: one PRNG key (split B * K ways) or [B] keys (one per shape, each split K ways).
+      b: shapes.
+      k: views per shape.
+
+    Returns:
+      [B, K] keys; view j of shape i is augmented with key [i, j].
+    """
+    if _is_batch_of_keys(rng, b, "augment_views"):
+        return jax.vmap(lambda key: jax.random.split(key, k))(rng)  # [B, K]
+    # One split for all B * K views: a batch of one with key r draws as per-item key r.
+    keys = jax.random.split(rng, b * k)
+    return keys.reshape((b, k) + keys.shape[1:])  # raw uint32 keys carry a trailing [2]
+
+
+def augment_images(
+    keys: jax.Array,
+    images: jnp.ndarray,
+    strength: jnp.ndarray,
+    *,
+    min_scale: float = 0.6,
+    max_rot_deg: float = 10.0,
+    max_strength: float = 1.0,
+    chunk: int = 0,
+) -> jnp.ndarray:
+    """`augment_views`' resized crop + flip + rotation, one key and strength per image.
+
+    Args:
+      keys: [N] keys (from `view_keys`, flattened or rearranged with the images).
+      images: [N, H, W, C] floats in [0, 1].
+      strength: [N] augmentation strength; clipped to [0, max_strength].
+      min_scale, max_rot_deg, max_strength: as in `augment_views`.
+      chunk: > 0: augment `chunk` images per call, for a backbone that runs on chunks of the
+        same size (`_resample_each` says why).
+
+    Returns:
+      [N, H, W, C] augmented images, same dtype, values in [0, 1].
+    """
+    n, h = images.shape[:2] if images.ndim == 4 else (-1, 0)
+    if n < 0 or strength.shape != (n,):
+        raise ValueError(
+            f"augment_images: need images [N, H, W, C] and strength [N], got {images.shape} "
+            f"and {strength.shape}"
+        )
+    _check_ranges(min_scale, max_strength, "augment_images")
+    st = jnp.clip(strength.astype(jnp.float32), 0.0, max_strength)  # [N]
+
+    def affine(key, s):
+        return _random_affine(
+            key, s, min_scale=min_scale, max_rot_deg=max_rot_deg, max_shift=h / 2.0, flip=True
+        )
+
+    return _resample_each(affine, keys, images, st, chunk=chunk)
+
+
 def augment_views(
     rng: jax.Array,
     views: jnp.ndarray,
@@ -97,7 +190,6 @@ def augment_views(
     min_scale: float = 0.6,
     max_rot_deg: float = 10.0,
     max_strength: float = 1.0,
-    parts: int = 1,
 ) -> jnp.ndarray:
     """Random resized crop + horizontal flip + small rotation, independently for every view.
 
@@ -108,47 +200,27 @@ def augment_views(
       min_scale: smallest crop side fraction at strength 1.
       max_rot_deg: rotation range at strength 0.5 (scaled by 0.5 + strength).
       max_strength: upper clip of `strength`.
-      parts: augment the shapes in this many independent calls (needs [B] keys; the same
-        output). XLA:CPU runs each call's resampling gather on one thread, so two halves run
-        side by side: teacher step 0.146-0.159 -> 0.137-0.140 s (benchmarks/README.md).
 
     Returns:
       [B, K, H, W, C] augmented views, same dtype, values in [0, 1].
     """
     if views.ndim != 5:
         raise ValueError(f"augment_views: views must be [B, K, H, W, C], got {views.shape}")
-    _check_ranges(min_scale, max_strength, "augment_views")
-    b, k, h = views.shape[:3]
+    b, k = views.shape[:2]
     if strength.shape != (b,):
         raise ValueError(f"augment_views: strength must be [{b}], got {strength.shape}")
-    per_shape_keys = _is_batch_of_keys(rng, b, "augment_views")
-    if parts > 1 and b > 1:
-        if not per_shape_keys:
-            raise ValueError("augment_views: parts > 1 needs one key per shape ([B] keys)")
-        kw = dict(min_scale=min_scale, max_rot_deg=max_rot_deg, max_strength=max_strength)
-        cuts = np.linspace(0, b, min(parts, b) + 1).astype(int)  # [parts + 1] boundaries
-        return jnp.concatenate(
-            [
-                augment_views(rng[i:j], views[i:j], strength[i:j], **kw)
-                for i, j in zip(cuts, cuts[1:])
-            ]
-        )
-    if per_shape_keys:
-        keys = jax.vmap(lambda key: jax.random.split(key, k))(rng)  # [B, K]
-    else:
-        # One split for all B * K views: a batch of one with key r draws as per-item key r.
-        keys = jax.random.split(rng, b * k)
-        keys = keys.reshape((b, k) + keys.shape[1:])  # raw uint32 keys carry a trailing [2]
-    st = jnp.clip(strength.astype(jnp.float32), 0.0, max_strength)  # [B]
-
-    def one(key, img, s):  # img [H, W, C]
-        mat, shift = _random_affine(
-            key, s, min_scale=min_scale, max_rot_deg=max_rot_deg, max_shift=h / 2.0, flip=True
-        )
-        return _affine_resample(img.astype(jnp.float32), mat, shift)
-
-    per_shape = jax.vmap(one, in_axes=(0, 0, None))  # over the K views of one shape
-    return jax.vmap(per_shape)(keys, views, st).astype(views.dtype)
+    keys = view_keys(rng, b, k)  # [B, K]
+    flat = lambda a: a.reshape((b * k,) + a.shape[2:])
+    st = jnp.broadcast_to(strength[:, None], (b, k))
+    out = augment_images(
+        flat(keys),
+        flat(views),
+        flat(st),
+        min_scale=min_scale,
+        max_rot_deg=max_rot_deg,
+        max_strength=max_strength,
+    )
+    return out.reshape(views.shape)
 
 
 def augment_sketches(
@@ -158,6 +230,7 @@ def augment_sketches(
     min_scale: float = 0.85,
     max_rot_deg: float = 8.0,
     flip: bool = True,
+    chunk: int = 0,
 ) -> jnp.ndarray:
     """Mild affine jitter for sketches: small crop/zoom, shift, rotation and optional flip.
 
@@ -169,6 +242,8 @@ def augment_sketches(
       min_scale: smallest crop side fraction.
       max_rot_deg: rotation range at the fixed mid strength (scaled by 1.0).
       flip: random horizontal flips.
+      chunk: > 0: `chunk` sketches per call, matching the student's backbone chunks (see
+        `augment_images`).
 
     Returns:
       [B, S, S, 1] augmented sketches, same dtype.
@@ -178,8 +253,8 @@ def augment_sketches(
     _check_ranges(min_scale, 0.5, "augment_sketches")
     keys = _item_keys(rng, images.shape[0], "augment_sketches")
 
-    def one(key, img):  # img [S, S, 1]
-        mat, shift = _random_affine(
+    def affine(key):
+        return _random_affine(
             key,
             0.5,
             min_scale=min_scale,
@@ -187,9 +262,8 @@ def augment_sketches(
             max_shift=images.shape[1] / 4.0,
             flip=flip,
         )
-        return _affine_resample(img.astype(jnp.float32), mat, shift)
 
-    return jax.vmap(one)(keys, images).astype(images.dtype)
+    return _resample_each(affine, keys, images, chunk=chunk)
 
 
 def bcl_strength(rng: jax.Array, weights: jnp.ndarray, s: float = 1.0) -> jnp.ndarray:
