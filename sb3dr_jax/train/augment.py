@@ -165,12 +165,12 @@ def augment_images(
     Returns:
       [N, H, W, C] augmented images, same dtype, values in [0, 1].
     """
-    n, h = images.shape[:2] if images.ndim == 4 else (-1, 0)
-    if n < 0 or strength.shape != (n,):
+    if images.ndim != 4 or strength.shape != images.shape[:1]:
         raise ValueError(
             f"augment_images: need images [N, H, W, C] and strength [N], got {images.shape} "
             f"and {strength.shape}"
         )
+    h = images.shape[1]
     _check_ranges(min_scale, max_strength, "augment_images")
     st = jnp.clip(strength.astype(jnp.float32), 0.0, max_strength)  # [N]
 
