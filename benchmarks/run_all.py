@@ -33,6 +33,7 @@ BENCHMARKS = ("render", "pipeline", "train_steps", "conv_kernels", "torch_refere
 def _environment() -> dict:
     import jax
 
+    from sb3dr_jax import allocator
     from sb3dr_jax.models.resnet import resolve_conv_impl
 
     return {
@@ -45,6 +46,7 @@ def _environment() -> dict:
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "allocator": allocator.active(),  # tcmalloc when the launchers would use it
     }
 
 
@@ -87,4 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from sb3dr_jax import allocator
+
+    allocator.reexec_with_tcmalloc()  # time the steps as the launchers run them
     main()

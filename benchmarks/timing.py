@@ -7,14 +7,15 @@ from collections.abc import Callable
 
 
 def time_windows(step: Callable[[], object], sync: Callable[[], object], steps: int,
-                 windows: int) -> list[float]:  # fmt: skip
-    """Seconds per step in each of `windows` windows of `steps` steps, after two warm-ups.
+                 windows: int, warmup: int = 2) -> list[float]:  # fmt: skip
+    """Seconds per step in each of `windows` windows of `steps` steps, after `warmup` steps.
 
-    Two warm-up steps: the first call sees the inputs as placed, the second the step's own
-    outputs, and each may compile (JAX) or pick kernels (cuDNN). `sync` waits for the device.
+    Two warm-up steps by default: the first call sees the inputs as placed, the second the
+    step's own outputs, and each may compile (JAX) or pick kernels (cuDNN). `sync` waits for
+    the device.
     """
-    step()
-    step()
+    for _ in range(warmup):
+        step()
     sync()
     out = []
     for _ in range(windows):
@@ -26,8 +27,8 @@ def time_windows(step: Callable[[], object], sync: Callable[[], object], steps: 
     return out
 
 
-def time_jax_step(pstep, state, batch, rng, consts, steps: int, windows: int = 1) -> list[float]:
-    """`time_windows` of a dispatched `(state, batch, rng, consts) -> (state, metrics)` step.
+def jax_step_runner(pstep, state, batch, rng, consts):
+    """(run, sync) for a dispatched `(state, batch, rng, consts) -> (state, metrics)` step.
 
     The state is donated, so each step's output state feeds the next; the batch stays where it
     is (see `on_devices`). JAX is imported here so PyTorch-only workers never load it.
@@ -39,7 +40,12 @@ def time_jax_step(pstep, state, batch, rng, consts, steps: int, windows: int = 1
     def run():
         carry[:] = pstep(carry[0], batch, rng, consts)
 
-    return time_windows(run, lambda: jax.block_until_ready(carry[1]), steps, windows)
+    return run, lambda: jax.block_until_ready(carry[1])
+
+
+def time_jax_step(pstep, state, batch, rng, consts, steps: int, windows: int = 1) -> list[float]:
+    """`time_windows` of a dispatched step (see `jax_step_runner`)."""
+    return time_windows(*jax_step_runner(pstep, state, batch, rng, consts), steps, windows)
 
 
 def on_devices(dp, batch):

@@ -23,6 +23,8 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -33,7 +35,8 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from benchmarks.peak_flops import mfu, peak_flops  # noqa: E402
-from benchmarks.timing import on_devices, time_jax_step, time_windows  # noqa: E402
+from benchmarks.timing import jax_step_runner, on_devices, time_windows  # noqa: E402
+from sb3dr_jax import allocator  # noqa: E402
 
 PRESETS = {"resnet_tiny": ((1, 1, 1, 1), 16), "resnet18": ((2, 2, 2, 2), 64)}
 DTYPES = ("float32", "bfloat16")
@@ -167,6 +170,11 @@ def torch_step_time(
     Returns:
       Seconds per step of each window.
     """
+    return time_windows(*_torch_step(preset, batch, k, res, dtype, device), steps, windows)
+
+
+def _torch_step(preset: str, batch: int, k: int, res: int, dtype: str, device: str):
+    """(step, sync): one PyTorch BYOL train step on fixed random views, and a device sync."""
     import copy
 
     import torch
@@ -218,7 +226,7 @@ def torch_step_time(
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    return time_windows(step, sync, steps, windows)
+    return step, sync
 
 
 def _step_flops(step, *args) -> float | None:
@@ -256,6 +264,12 @@ def jax_step_time(
       (seconds per step of each window, FLOPs per step). FLOPs are XLA's cost analysis of the
       step, counted only when it runs on XLA's convolutions: custom calls have no cost model.
     """
+    step, sync, flops = _jax_step(preset, batch, k, res, conv_impl, dtype)
+    return time_windows(step, sync, steps, windows), flops
+
+
+def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: str):
+    """(step, sync, FLOPs per step or None): the `launch.pretrain` step on fixed random views."""
     import jax
 
     from sb3dr_jax import pretrain
@@ -293,7 +307,7 @@ def jax_step_time(
     b, rng = on_devices(dp, b), jax.random.key(0)
     xla = resolve_conv_impl(conv_impl) == "xla" or dtype != "float32"
     flops = _step_flops(step, ds, b, rng, {}) if xla else None
-    return time_jax_step(step, ds, b, rng, {}, steps, windows), flops
+    return (*jax_step_runner(step, ds, b, rng, {}), flops)
 
 
 def _time_in_subprocess(framework: str, case: dict) -> dict:
@@ -308,31 +322,141 @@ def _time_in_subprocess(framework: str, case: dict) -> dict:
       "device_kind": the chip}.
     """
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, json.dumps(case)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_env(framework))
     if out.returncode:
         raise RuntimeError(f"{framework} benchmark worker failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _worker(framework: str, case: dict) -> dict:
-    """Runs one measurement in this process (the `--worker` command line)."""
-    args = [case[k] for k in ("preset", "batch", "k", "res", "steps")]
-    kw = {"dtype": case["dtype"], "windows": case["windows"]}
-    if framework == "torch":
+def _step_fns(framework: str, case: dict):
+    """(step, sync, {"flops", "device_kind", "allocator"}) of one framework on one case."""
+    args = [case[k] for k in ("preset", "batch", "k", "res")]
+    info = {"flops": None, "allocator": allocator.active()}
+    if framework.startswith("torch"):
         import torch
 
         dev = case["torch_device"]
-        kind = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
-        return {"s": torch_step_time(*args, device=dev, **kw), "flops": None, "device_kind": kind}
+        info["device_kind"] = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+        return (*_torch_step(*args, case["dtype"], dev), info)
     import jax
 
     impl = "xla" if framework == "jax_xla_conv" else "auto"
-    sec, flops = jax_step_time(*args, conv_impl=impl, **kw)
-    return {"s": sec, "flops": flops, "device_kind": jax.devices()[0].device_kind}
+    step, sync, info["flops"] = _jax_step(*args, impl, case["dtype"])
+    return step, sync, info | {"device_kind": jax.devices()[0].device_kind}
+
+
+def _env(framework: str) -> dict[str, str]:
+    """The environment of a framework's process: the JAX processes preload tcmalloc themselves,
+    as the launchers do (`sb3dr_jax/allocator.py`); PyTorch runs on the system allocator
+    ("torch") and on tcmalloc ("torch_tcmalloc"), and its row keeps the faster of the two."""
+    env = dict(os.environ)
+    keep = [p for p in env.pop("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p]
+    if keep:
+        env["LD_PRELOAD"] = ":".join(keep)
+    if framework == "torch_tcmalloc":
+        env = allocator.preload_env({k: v for k, v in env.items() if k != allocator.SWITCH}) or env
+    return env
+
+
+def _worker(framework: str, case: dict) -> dict:
+    """Runs one measurement in this process (the `--worker` command line)."""
+    step, sync, info = _step_fns(framework, case)
+    return {"s": time_windows(step, sync, case["steps"], case["windows"]), **info}
+
+
+_TAG = "@sb3dr "  # starts the lines of the server protocol; other output on stdout is ignored
+
+
+def _serve(framework: str, case: dict) -> None:
+    """The `--serve` command line: builds and warms up one step, then times it on request.
+
+    Prints {"s": seconds of one step after the warm-up, "flops", "device_kind"}, then reads a
+    step count per line and answers each with {"s": seconds per step}; 0 or EOF ends it.
+    """
+    step, sync, info = _step_fns(framework, case)
+    print(_TAG + json.dumps({"s": time_windows(step, sync, 1, 1)[0], **info}), flush=True)
+    for line in sys.stdin:
+        if int(line) <= 0:
+            break
+        print(_TAG + json.dumps({"s": time_windows(step, sync, int(line), 1, warmup=0)[0]}),
+              flush=True)  # fmt: skip
+
+
+class _StepServer:
+    """One framework's step, built and warmed up in its own process and timed on request.
+
+    The process stays alive between samples, so samples of different frameworks can alternate
+    within seconds (see `_paired`).
+    """
+
+    def __init__(self, framework: str, case: dict):
+        self.framework = framework
+        self._err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", framework, json.dumps(case)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._err, text=True, env=_env(framework))  # fmt: skip
+        self.info = self._answer()
+
+    def _answer(self) -> dict:
+        for line in self._proc.stdout:
+            if line.startswith(_TAG):
+                return json.loads(line[len(_TAG) :])
+        self._proc.wait()
+        self._err.seek(0)
+        raise RuntimeError(f"{self.framework} benchmark server failed:\n{self._err.read()[-2000:]}")
+
+    def time(self, steps: int) -> float:
+        """Seconds per step over `steps` steps."""
+        self._proc.stdin.write(f"{steps}\n")
+        self._proc.stdin.flush()
+        return self._answer()["s"]
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.write("0\n")
+            self._proc.stdin.close()
+            self._proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+        self._err.close()
+
+
+def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
+            gap_s: float = 0.2) -> tuple[dict, float | None, str]:  # fmt: skip
+    """Times the frameworks' steps side by side: one live process each, samples alternating.
+
+    Each of `pairs` rounds takes one sample of every framework back to back (the order rotates
+    round by round), so a slow spell of a shared machine lands on all of them; the ratio is then
+    the median of the per-round ratios. A sample is ~`sample_s` seconds of steps; `gap_s` idles
+    before each so the previous framework's OpenMP workers stop spinning first.
+
+    Returns:
+      ({framework: [seconds per step, one per round]}, the JAX step's FLOPs, the device kind,
+      the JAX process's allocator).
+    """
+    servers: dict[str, _StepServer] = {}
+    try:
+        for fw in fws:  # one after another: no compilation runs beside another's warm-up
+            servers[fw] = _StepServer(fw, case)
+        steps = {fw: max(1, min(8, round(sample_s / s.info["s"]))) for fw, s in servers.items()}
+        times: dict[str, list[float]] = {fw: [] for fw in fws}
+        for i in range(pairs):
+            for fw in fws[i % len(fws) :] + fws[: i % len(fws)]:
+                time.sleep(gap_s)
+                times[fw].append(servers[fw].time(steps[fw]))
+    finally:
+        for s in servers.values():
+            s.close()
+    info = servers["jax"].info
+    return times, info["flops"], info["device_kind"], info["allocator"]
 
 
 def _plan(quick: bool, accelerator: bool, torch_device: str | None):
-    """(cases, frameworks, rounds, steps, windows) for this machine."""
+    """(cases, frameworks, rounds, steps, windows) for this machine.
+
+    On CPU `rounds` are the rounds of `_paired` and `steps` is None (each sample ~1 s of
+    steps); on an accelerator each framework runs `rounds` fresh processes of `windows` windows.
+    """
     if accelerator:
         # No thread pools to contend on a GPU: one process per framework and case, timed in
         # three windows, keeps the device time short.
@@ -340,7 +464,8 @@ def _plan(quick: bool, accelerator: bool, torch_device: str | None):
         cases, (rounds, steps, windows) = ACCEL_CASES, ((1, 5, 1) if quick else (1, 20, 3))
     else:
         fws = ("jax", "jax_xla_conv", "torch")
-        cases, (rounds, steps, windows) = CPU_CASES, ((1, 3, 1) if quick else (3, 8, 1))
+        fws += ("torch_tcmalloc",) if allocator.find_tcmalloc() else ()
+        cases, (rounds, steps, windows) = CPU_CASES, (2 if quick else 16, None, 1)
     return (cases[:1] if quick else cases), fws, rounds, steps, windows
 
 
@@ -348,10 +473,16 @@ def _round(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
 
 
-def _summary(case: dict, times: dict, flops: float | None, kind: str) -> dict:
-    """The JSON row of one case from its per-framework times (medians over rounds/windows)."""
+def _summary(case: dict, times: dict, flops: float | None, kind: str, jax_alloc: str = "") -> dict:
+    """The JSON row of one case from its per-framework times (one per round or window).
+
+    Times are medians; the ratios are the medians of the per-round ratios (with their quartiles),
+    which a slow spell that hits both frameworks of a round leaves alone.
+    """
     med = {fw: float(np.median(ts)) for fw, ts in times.items()}
-    j, t, x = med["jax"], med.get("torch"), med.get("jax_xla_conv")
+    arr = {fw: np.asarray(ts) for fw, ts in times.items()}
+    best = min((fw for fw in med if fw.startswith("torch")), key=med.get, default=None)
+    j, t, x = med["jax"], med.get(best), med.get("jax_xla_conv")
     peak = peak_flops(kind, case["dtype"])
     row = {
         "preset": case["preset"],
@@ -368,32 +499,42 @@ def _summary(case: dict, times: dict, flops: float | None, kind: str) -> dict:
         "peak_tflops": peak and round(peak / 1e12, 1),
         "jax_mfu": _round(mfu(flops, j, peak), 4),
     }
+    if jax_alloc:
+        row["jax_allocator"] = jax_alloc
     if x is not None:
         row["jax_xla_conv_s_per_step"] = round(x, 4)
     if t is not None:
+        per_round = arr[best] / arr["jax"]
         row |= {
             "torch_s_per_step": round(t, 4),
+            "torch_allocator": "tcmalloc" if best == "torch_tcmalloc" else "system",
             "torch_shapes_per_s": round(case["batch"] / t, 2),
-            "ratio_jax_over_torch": round(t / j, 3),
-            "ratios_per_round": [round(b / a, 3) for a, b in zip(times["jax"], times["torch"])],
+            "ratio_jax_over_torch": round(float(np.median(per_round)), 3),
+            "ratio_quartiles": [round(float(q), 3) for q in np.percentile(per_round, [25, 75])],
+            "ratios_per_round": [round(float(r), 3) for r in per_round],
             "torch_gflops_per_s": flops and round(flops / 1e9 / t, 1),
             "torch_mfu": _round(mfu(flops, t, peak), 4),
         }
         if x is not None:
-            row["ratio_xla_conv_over_torch"] = round(t / x, 3)
+            xla = arr[best] / arr["jax_xla_conv"]
+            row["ratio_xla_conv_over_torch"] = round(float(np.median(xla)), 3)
+        if "torch_tcmalloc" in med:  # both PyTorch figures
+            row["torch_system_s_per_step"] = round(med["torch"], 4)
+            row["torch_tcmalloc_s_per_step"] = round(med["torch_tcmalloc"], 4)
     return row
 
 
 def run(quick: bool = False) -> dict:
     """Times both frameworks on the same configurations.
 
-    On CPU each case alternates JAX and PyTorch measurements (`rounds` of each, every one in a
-    fresh process) and keeps the median per framework, so slow spells of a shared machine hit
-    both. On an accelerator each framework runs once per case, timed in several windows.
+    On CPU each framework's step lives in its own process and the samples alternate round by
+    round (`_paired`), so slow spells of a shared machine hit both. On an accelerator each
+    framework runs once per case, timed in several windows.
 
     Returns:
       {"cases": [{preset, batch, views_per_shape, res, dtype, device_kind, jax_s_per_step,
-      torch_s_per_step, *_shapes_per_s, ratio_jax_over_torch, ratios_per_round, gflop_per_step
+      torch_s_per_step, *_shapes_per_s, ratio_jax_over_torch (median of the per-round ratios),
+      ratio_quartiles, ratios_per_round, gflop_per_step
       (XLA's cost analysis of the step), *_gflops_per_s, peak_tflops, jax_mfu, torch_mfu, and
       on CPU jax_xla_conv_s_per_step, ratio_xla_conv_over_torch}], "ratio_default": the first
       case's ratio}.
@@ -416,6 +557,9 @@ def run(quick: bool = False) -> dict:
     for preset, batch, k, res, dtype in cases:
         case = dict(preset=preset, batch=batch, k=k, res=res, dtype=dtype, steps=steps,
                     windows=windows, torch_device=torch_device)  # fmt: skip
+        if not accelerator:
+            out.append(_summary(case, *_paired(case, fws, rounds)))
+            continue
         times, flops, kind = {fw: [] for fw in fws}, None, "cpu"
         for _ in range(rounds):
             for fw in fws:
@@ -431,15 +575,25 @@ def run(quick: bool = False) -> dict:
         "jax_conv_impl": resolve_conv_impl("auto"),
         "ratio_default": out[0].get("ratio_jax_over_torch"),
         "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; on CPU "
-        "JAX with the config's convolutions (jax_conv_impl) and with XLA's own, each "
-        "measurement in a fresh process, median of alternating rounds; on an accelerator one "
-        "process per framework, median of timing windows; MFU = XLA's FLOP count of the step / "
+        "JAX with the config's convolutions (jax_conv_impl) and with XLA's own, on tcmalloc as "
+        "the launchers run it (jax_allocator), PyTorch on the faster of the system allocator "
+        "and tcmalloc (torch_allocator); one live process per framework, ~1 s samples alternating round by round, ratio = median of "
+        "the per-round ratios; on an accelerator one process per framework, timing windows "
+        "paired by index; MFU = XLA's FLOP count of the step / "
         "time / the chip's dense peak for the dtype (peak_flops.py)",
     }
 
 
 if __name__ == "__main__":
+    if (
+        len(sys.argv) > 3
+        and sys.argv[1] in ("--worker", "--serve")
+        and sys.argv[2].startswith("jax")
+    ):
+        allocator.reexec_with_tcmalloc()  # the JAX step as the launchers run it
     if len(sys.argv) > 3 and sys.argv[1] == "--worker":
         print(json.dumps(_worker(sys.argv[2], json.loads(sys.argv[3]))))
+    elif len(sys.argv) > 3 and sys.argv[1] == "--serve":
+        _serve(sys.argv[2], json.loads(sys.argv[3]))
     else:
         print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

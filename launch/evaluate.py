@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from launch import common
+from sb3dr_jax import allocator
 
 config_flags.DEFINE_config_file("config", common.config_path("evaluate"), "Evaluation config.")
 flags.DEFINE_multi_string("eval_workdir", None, "More distill workdirs to compare (repeatable).")
@@ -33,4 +34,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    allocator.reexec_with_tcmalloc()  # XLA:CPU steps ~20% faster: see sb3dr_jax/allocator.py
     app.run(main)

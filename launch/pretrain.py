@@ -12,6 +12,7 @@ from absl import app
 from ml_collections import config_flags
 
 from launch import common
+from sb3dr_jax import allocator
 
 config_flags.DEFINE_config_file("config", common.config_path("pretrain"), "Teacher config file.")
 
@@ -25,4 +26,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    allocator.reexec_with_tcmalloc()  # XLA:CPU steps ~20% faster: see sb3dr_jax/allocator.py
     app.run(main)

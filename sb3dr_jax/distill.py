@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sb3dr_jax import allocator
 from sb3dr_jax.data import dataset_from_config
 from sb3dr_jax.evals.index import RetrievalIndex
 from sb3dr_jax.evaluate import evaluate_student
@@ -206,7 +207,7 @@ def run(config, workdir: str):
         print(
             f"[distill] teacher step {table['step']} ({table['teacher_id']}), "
             f"{builder.info.splits['sketch_train'].num_examples} train sketches, "
-            f"{config.total_steps} steps on {dp.num_devices} devices",
+            f"{config.total_steps} steps on {dp.num_devices} devices, {allocator.active()} malloc",
             flush=True,
         )
     final = fit(

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sb3dr_jax import evals
+from sb3dr_jax import allocator, evals
 from sb3dr_jax.data import dataset_from_config
 from sb3dr_jax.models import build_model
 from sb3dr_jax.models.common import centre_and_normalize, l2_normalize, normalize_uint8
@@ -275,7 +275,8 @@ def run(config, workdir: str):
     if jax.process_index() == 0:
         print(
             f"[pretrain] {num_shapes} shapes, {steps_per_epoch} steps/epoch, "
-            f"{config.total_steps} steps on {dp.num_devices} devices ({config.parallel})",
+            f"{config.total_steps} steps on {dp.num_devices} devices ({config.parallel}), "
+            f"{allocator.active()} malloc",
             flush=True,
         )
     return fit(

@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import peak_flops as pf  # noqa: E402
 from benchmarks import torch_reference as tr  # noqa: E402
+from sb3dr_jax import allocator  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,8 @@ def test_mfu():
 
 def test_plan_per_machine():
     cases, fws, rounds, steps, windows = tr._plan(False, accelerator=False, torch_device="cpu")
-    assert fws == ("jax", "jax_xla_conv", "torch") and rounds == 3 and windows == 1
+    assert fws[:3] == ("jax", "jax_xla_conv", "torch") and rounds == 16 and steps is None
+    assert fws[3:] == (("torch_tcmalloc",) if allocator.find_tcmalloc() else ())
     assert all(c[4] == "float32" for c in cases)
     cases, fws, rounds, _, windows = tr._plan(False, accelerator=True, torch_device="cuda")
     assert fws == ("jax", "torch") and rounds == 1 and windows > 1
@@ -73,6 +75,69 @@ def test_summary_ratio_and_mfu(monkeypatch):
     assert row["jax_views_per_s"] == pytest.approx(64 * 8 / 0.025)
     row = tr._summary(case, {"jax": [0.02]}, None, "TPU v4")  # JAX alone, FLOPs unknown
     assert "ratio_jax_over_torch" not in row and row["jax_mfu"] is None
+
+
+def test_summary_keeps_the_faster_torch_allocator():
+    case = dict(preset="resnet_tiny", batch=16, k=4, res=64, dtype="float32")
+    times = {
+        "jax": [0.10, 0.20, 0.10],
+        "jax_xla_conv": [0.20, 0.30, 0.20],
+        "torch": [0.15, 0.30, 0.16],
+        "torch_tcmalloc": [0.13, 0.22, 0.12],
+    }
+    row = tr._summary(case, times, None, "cpu", "tcmalloc")
+    assert row["torch_allocator"] == "tcmalloc" and row["jax_allocator"] == "tcmalloc"
+    assert row["torch_s_per_step"] == 0.13 and row["torch_system_s_per_step"] == 0.16
+    # Ratios round by round: a slow round (the second) that hits both does not move them.
+    assert row["ratios_per_round"] == [1.3, 1.1, 1.2] and row["ratio_jax_over_torch"] == 1.2
+    assert row["ratio_quartiles"] == [1.15, 1.25]
+    assert row["ratio_xla_conv_over_torch"] == pytest.approx(0.65)
+
+
+def test_paired_rounds_alternate(monkeypatch):
+    """Every round times each framework once, the first one rotating, in live processes."""
+    calls, closed = [], []
+
+    class FakeServer:
+        def __init__(self, fw, case):
+            self.fw, self.info = fw, {"s": 0.25, "flops": None, "device_kind": "cpu",
+                                      "allocator": "tcmalloc"}  # fmt: skip
+
+        def time(self, steps):
+            calls.append((self.fw, steps))
+            return {"jax": 0.1, "torch": 0.2, "jax_xla_conv": 0.3}[self.fw]
+
+        def close(self):
+            closed.append(self.fw)
+
+    monkeypatch.setattr(tr, "_StepServer", FakeServer)
+    times, flops, kind, alloc = tr._paired({}, ("jax", "jax_xla_conv", "torch"), 3, gap_s=0)
+    assert [fw for fw, _ in calls] == ["jax", "jax_xla_conv", "torch", "jax_xla_conv", "torch",
+                                       "jax", "torch", "jax", "jax_xla_conv"]  # fmt: skip
+    assert {n for _, n in calls} == {4}  # ~1 s of 0.25 s steps per sample
+    assert times == {"jax": [0.1] * 3, "jax_xla_conv": [0.3] * 3, "torch": [0.2] * 3}
+    assert (flops, kind, alloc) == (None, "cpu", "tcmalloc") and len(closed) == 3
+
+
+def test_env_per_framework(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc_minimal.so.4:/x/libother.so")
+    assert tr._env("torch")["LD_PRELOAD"] == "/x/libother.so"  # the system allocator
+    assert tr._env("jax")["LD_PRELOAD"] == "/x/libother.so"  # it preloads tcmalloc itself
+    if allocator.find_tcmalloc():
+        assert "tcmalloc" in tr._env("torch_tcmalloc")["LD_PRELOAD"]
+
+
+def test_step_server_answers_and_reports_failures():
+    pytest.importorskip("torch", reason="PyTorch is optional: pip install -e '.[torch]'")
+    case = dict(preset="resnet_tiny", batch=2, k=1, res=32, dtype="float32", torch_device="cpu")
+    server = tr._StepServer("torch", case)
+    try:
+        assert server.info["s"] > 0 and server.info["allocator"] == "system"
+        assert all(0 < server.time(n) < 60 for n in (1, 2))
+    finally:
+        server.close()
+    with pytest.raises(RuntimeError, match="torch benchmark server failed(.|\n)*nope"):
+        tr._StepServer("torch", case | {"preset": "nope"})
 
 
 def test_bf16_jax_step_runs_and_counts_flops():

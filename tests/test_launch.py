@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
+from sb3dr_jax import allocator
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+_MALLOC = "tcmalloc" if allocator.find_tcmalloc() else "system"
 
 
 def _run(args, cwd, timeout=600):
@@ -35,6 +38,7 @@ def test_pretrain_distill_evaluate_chain(tmp_path, smoke_data_dir):
     cfg = lambda name: f"--config={REPO}/sb3dr_jax/configs/{name}.py:smoke"
     p = _run(["launch.pretrain", cfg("pretrain"), data, "--workdir=wd/pretrain"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert f"{_MALLOC} malloc" in p.stdout  # the launcher re-executed itself on tcmalloc
     assert (tmp_path / "wd/pretrain/checkpoints").is_dir()
     lines = [
         json.loads(x) for x in (tmp_path / "wd/pretrain/metrics.jsonl").read_text().splitlines()
