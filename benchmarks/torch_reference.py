@@ -6,7 +6,10 @@ resampling: crop, flip, rotation), same AdamW update and same shapes. PyTorch ru
 channels-last tensors (its best CPU memory format); JAX runs the jitted pmap step that
 `launch.pretrain` uses, with the CPU config's convolutions (oneDNN custom calls when they build,
 `sb3dr_jax/kernels`) and again with XLA's own. The ratio is JAX throughput / PyTorch throughput
-(>1: JAX is faster).
+(>1: JAX is faster). On CPU each framework's step lives in its own process (`_StepServer`) and
+the runner alternates ~1 s samples of each, round by round (`_paired`), so the machine's slow
+spells hit both sides of a round; the JAX processes run on tcmalloc as the launchers do, and
+PyTorch on both the system allocator and tcmalloc, the faster one kept.
 
 On an accelerator (JAX's default backend is a GPU or TPU) the cases are ResNet-18 at 128 px
 (the `gpu` config's backbone and resolution) in mixed precision, bf16 compute with float32
@@ -431,8 +434,8 @@ def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
     before each so the previous framework's OpenMP workers stop spinning first.
 
     Returns:
-      ({framework: [seconds per step, one per round]}, the JAX step's FLOPs, the device kind,
-      the JAX process's allocator).
+      ({framework: [seconds per step, one per round]}, the step's FLOPs (counted on XLA's
+      convolutions: custom calls have no cost model), the device kind, the JAX allocator).
     """
     servers: dict[str, _StepServer] = {}
     try:
@@ -448,7 +451,8 @@ def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
         for s in servers.values():
             s.close()
     info = servers["jax"].info
-    return times, info["flops"], info["device_kind"], info["allocator"]
+    flops = next((s.info["flops"] for s in servers.values() if s.info["flops"]), None)  # XLA's
+    return times, flops, info["device_kind"], info["allocator"]
 
 
 def _plan(quick: bool, accelerator: bool, torch_device: str | None):

@@ -100,7 +100,8 @@ def test_paired_rounds_alternate(monkeypatch):
 
     class FakeServer:
         def __init__(self, fw, case):
-            self.fw, self.info = fw, {"s": 0.25, "flops": None, "device_kind": "cpu",
+            flops = 5e9 if fw == "jax_xla_conv" else None  # custom calls are not counted
+            self.fw, self.info = fw, {"s": 0.25, "flops": flops, "device_kind": "cpu",
                                       "allocator": "tcmalloc"}  # fmt: skip
 
         def time(self, steps):
@@ -116,7 +117,7 @@ def test_paired_rounds_alternate(monkeypatch):
                                        "jax", "torch", "jax", "jax_xla_conv"]  # fmt: skip
     assert {n for _, n in calls} == {4}  # ~1 s of 0.25 s steps per sample
     assert times == {"jax": [0.1] * 3, "jax_xla_conv": [0.3] * 3, "torch": [0.2] * 3}
-    assert (flops, kind, alloc) == (None, "cpu", "tcmalloc") and len(closed) == 3
+    assert (flops, kind, alloc) == (5e9, "cpu", "tcmalloc") and len(closed) == 3
 
 
 def test_env_per_framework(monkeypatch):
