@@ -353,9 +353,10 @@ def _env(framework: str) -> dict[str, str]:
     as the launchers do (`sb3dr_jax/allocator.py`); PyTorch runs on the system allocator
     ("torch") and on tcmalloc ("torch_tcmalloc"), and its row keeps the faster of the two."""
     env = dict(os.environ)
-    keep = [p for p in env.pop("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p]
-    if keep:
-        env["LD_PRELOAD"] = ":".join(keep)
+    for var, drop in (("LD_PRELOAD", "tcmalloc"), ("GLIBC_TUNABLES", allocator.HUGETLB)):
+        keep = [p for p in env.pop(var, "").split(":") if p and drop not in p]
+        if keep:
+            env[var] = ":".join(keep)
     if framework == "torch_tcmalloc":
         env = allocator.preload_env({k: v for k, v in env.items() if k != allocator.SWITCH}) or env
     return env

@@ -29,10 +29,36 @@ def test_preload_env_nothing_to_do(tmp_path, monkeypatch):
     # Already preloaded (this also ends a re-exec loop), or switched off.
     assert allocator.preload_env({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}) is None
     assert allocator.preload_env({allocator.SWITCH: "0"}) is None
-    # Not installed anywhere.
+    assert allocator.preload_env({"GLIBC_TUNABLES": allocator.HUGETLB}) is None
+    # Not installed anywhere, and no huge pages either.
     monkeypatch.setattr(allocator, "_DIRS", (str(tmp_path),))
     monkeypatch.setattr(allocator.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(allocator, "huge_pages_available", lambda: False)
     assert allocator.find_tcmalloc({}) is None and allocator.preload_env({}) is None
+
+
+@linux
+def test_without_tcmalloc_glibc_gets_huge_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(allocator, "_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(allocator.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(allocator, "huge_pages_available", lambda: True)
+    env = allocator.preload_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{allocator.HUGETLB}"
+    assert "LD_PRELOAD" not in env
+    assert allocator.preload_env({allocator.SWITCH: "0"}) is None  # off means as it is
+    monkeypatch.setenv("GLIBC_TUNABLES", allocator.HUGETLB)
+    assert allocator.active() in ("glibc+hugepages", "tcmalloc")  # tcmalloc if this one has it
+
+
+def test_huge_page_modes(tmp_path, monkeypatch):
+    thp = tmp_path / "enabled"
+    for text, ok in [("always [madvise] never", True), ("[always] madvise never", True),
+                     ("always madvise [never]", False)]:  # fmt: skip
+        thp.write_text(text)
+        monkeypatch.setattr(allocator, "_THP", str(thp))
+        assert allocator.huge_pages_available() is ok
+    monkeypatch.setattr(allocator, "_THP", str(tmp_path / "absent"))
+    assert not allocator.huge_pages_available()
 
 
 def test_a_missing_library_is_named():

@@ -122,7 +122,9 @@ def test_paired_rounds_alternate(monkeypatch):
 
 def test_env_per_framework(monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc_minimal.so.4:/x/libother.so")
+    monkeypatch.setenv("GLIBC_TUNABLES", allocator.HUGETLB)
     assert tr._env("torch")["LD_PRELOAD"] == "/x/libother.so"  # the system allocator
+    assert "GLIBC_TUNABLES" not in tr._env("torch")
     assert tr._env("jax")["LD_PRELOAD"] == "/x/libother.so"  # it preloads tcmalloc itself
     if allocator.find_tcmalloc():
         assert "tcmalloc" in tr._env("torch_tcmalloc")["LD_PRELOAD"]

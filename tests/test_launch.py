@@ -11,7 +11,13 @@ import pytest
 from sb3dr_jax import allocator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_MALLOC = "tcmalloc" if allocator.find_tcmalloc() else "system"
+_MALLOC = (
+    "tcmalloc"
+    if allocator.find_tcmalloc()
+    else "glibc+hugepages"
+    if allocator.huge_pages_available()
+    else "system"
+)
 
 
 def _run(args, cwd, timeout=600):
