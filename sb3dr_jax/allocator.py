@@ -125,8 +125,8 @@ def reexec_with_tcmalloc() -> None:
     tunable (see the module docstring).
 
     Returns (and the process goes on as it is) when that is done already, switched off, or
-    neither is available. Call it first thing in a `__main__` block: the process starts over with the
-    same command line and environment, plus LD_PRELOAD.
+    neither is available. Call it first thing in a `__main__` block: the process starts over
+    with the same command line and environment, plus LD_PRELOAD (or GLIBC_TUNABLES).
     """
     if active() != "system":
         return
