@@ -374,8 +374,9 @@ _TAG = "@sb3dr "  # starts the lines of the server protocol; other output on std
 def _serve(framework: str, case: dict) -> None:
     """The `--serve` command line: builds and warms up one step, then times it on request.
 
-    Prints {"s": seconds of one step after the warm-up, "flops", "device_kind"}, then reads a
-    step count per line and answers each with {"s": seconds per step}; 0 or EOF ends it.
+    Prints {"s": seconds of one step after the warm-up, "flops", "device_kind", "allocator"},
+    then reads a step count per line and answers each with {"s": seconds per step}; 0 or EOF
+    ends it.
     """
     step, sync, info = _step_fns(framework, case)
     print(_TAG + json.dumps({"s": time_windows(step, sync, 1, 1)[0], **info}), flush=True)
@@ -426,7 +427,7 @@ class _StepServer:
 
 
 def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
-            gap_s: float = 0.2) -> tuple[dict, float | None, str]:  # fmt: skip
+            gap_s: float = 0.2) -> tuple[dict, float | None, str, str]:  # fmt: skip
     """Times the frameworks' steps side by side: one live process each, samples alternating.
 
     Each of `pairs` rounds takes one sample of every framework back to back (the order rotates
@@ -582,23 +583,21 @@ def run(quick: bool = False) -> dict:
         "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; on CPU "
         "JAX with the config's convolutions (jax_conv_impl) and with XLA's own, on tcmalloc as "
         "the launchers run it (jax_allocator), PyTorch on the faster of the system allocator "
-        "and tcmalloc (torch_allocator); one live process per framework, ~1 s samples alternating round by round, ratio = median of "
-        "the per-round ratios; on an accelerator one process per framework, timing windows "
-        "paired by index; MFU = XLA's FLOP count of the step / "
-        "time / the chip's dense peak for the dtype (peak_flops.py)",
+        "and tcmalloc (torch_allocator); one live process per framework, ~1 s samples "
+        "alternating round by round, ratio = median of the per-round ratios; on an accelerator "
+        "one process per framework, timing windows paired by index; MFU = XLA's FLOP count of "
+        "the step / time / the chip's dense peak for the dtype (peak_flops.py)",
     }
 
 
 if __name__ == "__main__":
-    if (
-        len(sys.argv) > 3
-        and sys.argv[1] in ("--worker", "--serve")
-        and sys.argv[2].startswith("jax")
-    ):
-        allocator.reexec_with_tcmalloc()  # the JAX step as the launchers run it
-    if len(sys.argv) > 3 and sys.argv[1] == "--worker":
-        print(json.dumps(_worker(sys.argv[2], json.loads(sys.argv[3]))))
-    elif len(sys.argv) > 3 and sys.argv[1] == "--serve":
-        _serve(sys.argv[2], json.loads(sys.argv[3]))
+    if len(sys.argv) > 3 and sys.argv[1] in ("--worker", "--serve"):
+        fw, case = sys.argv[2], json.loads(sys.argv[3])
+        if fw.startswith("jax"):
+            allocator.reexec_with_tcmalloc()  # the JAX step as the launchers run it
+        if sys.argv[1] == "--worker":
+            print(json.dumps(_worker(fw, case)))
+        else:
+            _serve(fw, case)
     else:
         print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

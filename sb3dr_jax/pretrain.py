@@ -77,7 +77,7 @@ def _augment(config, keys: jax.Array, x: jnp.ndarray, strength: jnp.ndarray, spl
             a = jnp.swapaxes(a.reshape((b, 2, v // 2) + rest), 0, 1)
         return a.reshape((b * v,) + rest)
 
-    out = augment_images(
+    return augment_images(
         order(vkeys),
         order(x),
         order(st),
@@ -85,7 +85,6 @@ def _augment(config, keys: jax.Array, x: jnp.ndarray, strength: jnp.ndarray, spl
         max_rot_deg=config.augment.max_rot_deg,
         chunk=int(config.model.get("view_chunk", 0)),
     )
-    return out
 
 
 def make_loss_fn(config, model, num_views: int):
