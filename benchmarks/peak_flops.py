@@ -5,11 +5,19 @@ TF32 tensor-core throughput: XLA's and cuDNN's default float32 convolutions use 
 Ampere and newer (JAX's default matmul precision; PyTorch's `cudnn.allow_tf32`). TPUs have no
 float32 matrix peak (float32 matmuls run as several bf16 passes), so they get none.
 `SB3DR_PEAK_TFLOPS` overrides the table (e.g. for a chip it lacks).
+
+CPUs have no table entry: a VM's clock and vector units depend on the exact part and the host.
+`measure_cpu_peak` measures it instead (`fma_peak.cc`: fused multiply-adds on every core, on the
+widest vectors g++ targets here), the ceiling that oneDNN's convolution kernels approach.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import subprocess
+import tempfile
 
 # (substring of the device kind, {dtype: TFLOP/s}); the first match wins, so the more specific
 # names come first. Device kinds as JAX (`device_kind`) and PyTorch (`get_device_name`) spell
@@ -62,3 +70,59 @@ def mfu(flops_per_step: float | None, seconds_per_step: float, peak: float | Non
     if not flops_per_step or not peak or seconds_per_step <= 0:
         return None
     return flops_per_step / seconds_per_step / peak
+
+
+_FMA_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.cc")
+
+
+def _cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, as OpenMP and XLA see it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def measure_cpu_peak(seconds: float = 0.3, repeats: int = 3, threads: int | None = None) -> dict:
+    """Measures this CPU's peak float32 FLOP/s with an FMA loop on every core.
+
+    Run it while nothing else computes (the benchmarks call it before any timing process
+    starts). The best of `repeats` runs of ~`seconds` each is the peak.
+
+    Args:
+      seconds: length of one timed run.
+      repeats: timed runs; the fastest counts.
+      threads: OpenMP threads (default: the cores this process may use).
+
+    Returns:
+      {"tflops", "threads", "method"}; or {"error": why} when no C++ compiler with OpenMP can
+      build `fma_peak.cc`.
+    """
+    threads = threads or _cpu_count()
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        return {"error": "no C++ compiler (g++) on PATH to build fma_peak.cc"}
+    with tempfile.TemporaryDirectory() as tmp:
+        so = os.path.join(tmp, "fma_peak.so")
+        cmd = [cxx, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", _FMA_SRC, "-o", so]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode:
+            return {"error": f"building {_FMA_SRC} failed: {res.stderr[-500:]}"}
+        lib = ctypes.CDLL(so)
+    lib.sb3dr_fma_seconds.restype = ctypes.c_double
+    lib.sb3dr_fma_seconds.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_float]
+    lib.sb3dr_fma_flops.restype = ctypes.c_double
+    lib.sb3dr_fma_flops.argtypes = [ctypes.c_long, ctypes.c_int]
+    iters = 100_000
+    while (dt := lib.sb3dr_fma_seconds(iters, threads, 1.0)) < 0.05:  # calibrate
+        iters *= 4
+    iters = max(1, int(iters * seconds / dt))
+    best = max(
+        lib.sb3dr_fma_flops(iters, threads) / lib.sb3dr_fma_seconds(iters, threads, 1.0)
+        for _ in range(repeats)
+    )
+    return {
+        "tflops": round(best / 1e12, 4),
+        "threads": threads,
+        "method": "float32 FMA loop on every core (fma_peak.cc, g++ -march=native)",
+    }

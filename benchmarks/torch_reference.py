@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 # parent and the workers share one device.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from benchmarks.peak_flops import mfu, peak_flops  # noqa: E402
+from benchmarks.peak_flops import measure_cpu_peak, mfu, peak_flops  # noqa: E402
 from benchmarks.timing import jax_step_runner, on_devices, time_windows  # noqa: E402
 from sb3dr_jax import allocator  # noqa: E402
 
@@ -479,17 +479,26 @@ def _round(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
 
 
-def _summary(case: dict, times: dict, flops: float | None, kind: str, jax_alloc: str = "") -> dict:
+def _summary(
+    case: dict,
+    times: dict,
+    flops: float | None,
+    kind: str,
+    jax_alloc: str = "",
+    cpu_peak: float | None = None,
+) -> dict:
     """The JSON row of one case from its per-framework times (one per round or window).
 
     Times are medians; the ratios are the medians of the per-round ratios (with their quartiles),
-    which a slow spell that hits both frameworks of a round leaves alone.
+    which a slow spell that hits both frameworks of a round leaves alone. MFU uses the chip's
+    table peak (or `SB3DR_PEAK_TFLOPS`), else `cpu_peak` (FLOP/s measured on this CPU) for a
+    float32 case.
     """
     med = {fw: float(np.median(ts)) for fw, ts in times.items()}
     arr = {fw: np.asarray(ts) for fw, ts in times.items()}
     best = min((fw for fw in med if fw.startswith("torch")), key=med.get, default=None)
     j, t, x = med["jax"], med.get(best), med.get("jax_xla_conv")
-    peak = peak_flops(kind, case["dtype"])
+    peak = peak_flops(kind, case["dtype"]) or (cpu_peak if case["dtype"] == "float32" else None)
     row = {
         "preset": case["preset"],
         "batch": case["batch"],
@@ -502,7 +511,7 @@ def _summary(case: dict, times: dict, flops: float | None, kind: str, jax_alloc:
         "jax_views_per_s": round(case["batch"] * 2 * case["k"] / j, 1),
         "gflop_per_step": flops and round(flops / 1e9, 1),  # the same model maths in both
         "jax_gflops_per_s": flops and round(flops / 1e9 / j, 1),
-        "peak_tflops": peak and round(peak / 1e12, 1),
+        "peak_tflops": peak and round(peak / 1e12, 4 if peak < 1e12 else 1),
         "jax_mfu": _round(mfu(flops, j, peak), 4),
     }
     if jax_alloc:
@@ -559,12 +568,15 @@ def run(quick: bool = False) -> dict:
     else:  # None, e.g. on a TPU: JAX's figures and MFU alone
         torch_device = "cuda" if torch and torch.cuda.is_available() else None
     cases, fws, rounds, steps, windows = _plan(quick, accelerator, torch_device)
+    # Measured before any timing process starts, while nothing else computes.
+    cpu = None if accelerator or peak_flops("cpu", "float32") else measure_cpu_peak()
+    cpu_peak = cpu["tflops"] * 1e12 if cpu and "tflops" in cpu else None
     out = []
     for preset, batch, k, res, dtype in cases:
         case = dict(preset=preset, batch=batch, k=k, res=res, dtype=dtype, steps=steps,
                     windows=windows, torch_device=torch_device)  # fmt: skip
         if not accelerator:
-            out.append(_summary(case, *_paired(case, fws, rounds)))
+            out.append(_summary(case, *_paired(case, fws, rounds), cpu_peak=cpu_peak))
             continue
         times, flops, kind = {fw: [] for fw in fws}, None, "cpu"
         for _ in range(rounds):
@@ -578,6 +590,7 @@ def run(quick: bool = False) -> dict:
 
     return {
         "cases": out,
+        **({"cpu_peak": cpu} if cpu else {}),
         "jax_conv_impl": resolve_conv_impl("auto"),
         "ratio_default": out[0].get("ratio_jax_over_torch"),
         "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; on CPU "
@@ -586,7 +599,8 @@ def run(quick: bool = False) -> dict:
         "and tcmalloc (torch_allocator); one live process per framework, ~1 s samples "
         "alternating round by round, ratio = median of the per-round ratios; on an accelerator "
         "one process per framework, timing windows paired by index; MFU = XLA's FLOP count of "
-        "the step / time / the chip's dense peak for the dtype (peak_flops.py)",
+        "the step / time / the chip's dense peak for the dtype (peak_flops.py; on CPU the "
+        "float32 FMA peak measured at the start of the run, cpu_peak)",
     }
 
 

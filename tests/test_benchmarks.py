@@ -4,6 +4,7 @@ and its bf16 step path (what an accelerator run relies on), on CPU. Nothing here
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 
@@ -48,6 +49,29 @@ def test_mfu():
     assert pf.mfu(5e12, 0.01, 1000e12) == pytest.approx(0.5)
     assert pf.mfu(None, 0.01, 1e12) is None
     assert pf.mfu(1e12, 0.01, None) is None
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="needs g++ to build fma_peak.cc")
+def test_measure_cpu_peak(monkeypatch):
+    r = pf.measure_cpu_peak(seconds=0.02, repeats=1, threads=1)
+    assert r["threads"] == 1 and math.isfinite(r["tflops"]) and r["tflops"] > 0, r
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails: the reason, not an exception
+    r = pf.measure_cpu_peak(seconds=0.02, repeats=1)
+    assert set(r) == {"error"} and "fma_peak.cc" in r["error"]
+
+
+def test_summary_mfu_on_cpu_uses_the_measured_peak(monkeypatch):
+    monkeypatch.delenv("SB3DR_PEAK_TFLOPS", raising=False)
+    case = dict(preset="resnet18", batch=8, k=4, res=64, dtype="float32")
+    times = {"jax": [0.5, 0.5], "torch": [0.4, 0.4]}
+    row = tr._summary(case, times, 100e9, "cpu", cpu_peak=250e9)
+    assert row["peak_tflops"] == 0.25
+    assert row["jax_mfu"] == pytest.approx(0.8) and row["torch_mfu"] == pytest.approx(1.0)
+    assert tr._summary(case, times, 100e9, "cpu")["jax_mfu"] is None  # no peak: no MFU
+    bf16 = tr._summary(dict(case, dtype="bfloat16"), times, 100e9, "cpu", cpu_peak=250e9)
+    assert bf16["jax_mfu"] is None  # the FMA loop measures float32 only
+    monkeypatch.setenv("SB3DR_PEAK_TFLOPS", "0.5")  # an explicit peak wins
+    assert tr._summary(case, times, 100e9, "cpu", cpu_peak=250e9)["jax_mfu"] == pytest.approx(0.4)
 
 
 def test_plan_per_machine():
@@ -200,3 +224,19 @@ def test_run_on_an_accelerator(backend, cuda, monkeypatch):
     assert first["jax_mfu"] == pytest.approx(2e12 / 0.02 / 989.4e12, abs=1e-4)
     assert out["ratio_default"] == (pytest.approx(1.5) if cuda else None)
     assert out["jax_conv_impl"] == "xla"
+
+
+def test_conv_kernels_time_the_forward_with_the_gradients():
+    """A vjp whose output is unused lets XLA drop the forward: the timed function keeps it."""
+    import jax
+    from jax import lax
+
+    from benchmarks import conv_kernels as ck
+
+    x, w = jax.numpy.ones((2, 8, 8, 4)), jax.numpy.ones((3, 3, 4, 8))
+    fwd, fwd_bwd = ck.jax_layer_fns(lax.conv_general_dilated, 1)
+    g = jax.numpy.ones(jax.eval_shape(fwd, x, w).shape)
+    hlo = fwd_bwd.lower(x, w, g).compile().as_text()
+    assert hlo.count("convolution(") == 3  # y, dx and dw
+    y, (dx, dw) = fwd_bwd(x, w, g)
+    assert y.shape == (2, 8, 8, 8) and dx.shape == x.shape and dw.shape == w.shape
