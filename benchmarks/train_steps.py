@@ -27,12 +27,13 @@ from sb3dr_jax.train.teacher_cache import class_members
 V, C, K = 12, 3, 10  # views, channels, classes
 
 
-def _time(dp, step, state, batch, consts, iters: int) -> float:
-    """Seconds per step (compile and warm-up excluded)."""
+def _time(dp, step, state, batch, consts, iters: int, windows: int = 3) -> float:
+    """Seconds per step, the median of `windows` windows of `iters` steps (compile and warm-up
+    excluded): a single window on a shared machine moved the figure by up to 40%."""
     d = dp.num_devices
     local = dp.shard(jax.tree_util.tree_map(lambda x: x.reshape((d, -1) + x.shape[1:]), batch))
     args = (dp.replicate(state), on_devices(dp, local), jax.random.key(0), dp.replicate(consts))
-    return time_jax_step(dp.step(step), *args, steps=iters)[0]
+    return float(np.median(time_jax_step(dp.step(step), *args, steps=iters, windows=windows)))
 
 
 def _config_arg(res: int) -> str:
