@@ -271,24 +271,44 @@ def jax_step_time(
     return time_windows(step, sync, steps, windows), flops
 
 
-def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: str):
-    """(step, sync, FLOPs per step or None): the `launch.pretrain` step on fixed random views."""
+def teacher_config(preset: str, batch: int, k: int, conv_impl: str, dtype: str,
+                   overrides: dict | None = None):  # fmt: skip
+    """The pretrain config these benchmarks time: what a user of that backbone gets on this
+    backend, at `batch` shapes, `k` views per branch, no long-tail term (`SB3DR_BENCH_LONGTAIL`),
+    then `overrides` (flattened keys, e.g. {"model.view_chunk": 32})."""
     import jax
 
-    from sb3dr_jax import pretrain
     from sb3dr_jax.configs.pretrain import get_config
-    from sb3dr_jax.models.resnet import resolve_conv_impl
-    from sb3dr_jax.train import data_parallel, make_optimizer, make_step
 
     _check_dtype(dtype)
     c = get_config(f"backbone={preset}")  # the CPU config a user of that backbone gets
     if jax.default_backend() != "cpu":  # batch layout as the `gpu` config has it
-        g = get_config("gpu")
-        c.model.view_chunk = g.model.view_chunk
+        c.model.view_chunk = get_config("gpu").model.view_chunk
     c.ssl.views_per_branch = k
     c.longtail.method = os.environ.get("SB3DR_BENCH_LONGTAIL", "none")
     c.model.update(conv_impl=conv_impl, dtype=dtype)
     c.global_batch = batch
+    for key in overrides or {}:  # a typo would silently add a field nothing reads
+        node = c
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                raise ValueError(f"config override {key!r}: no field {part!r} in the config")
+            node = node[part]
+    if overrides:
+        c.update_from_flattened_dict(overrides)
+    return c
+
+
+def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: str,
+              overrides: dict | None = None):  # fmt: skip
+    """(step, sync, FLOPs per step or None): the `launch.pretrain` step on fixed random views."""
+    import jax
+
+    from sb3dr_jax import pretrain
+    from sb3dr_jax.models.resnet import resolve_conv_impl
+    from sb3dr_jax.train import data_parallel, make_optimizer, make_step
+
+    c = teacher_config(preset, batch, k, conv_impl, dtype, overrides)
     model = pretrain.teacher_model(c)
     opt = make_optimizer(c.optim, 1000)
     views = np.random.default_rng(0).integers(0, 255, (1, batch, 12, res, res, 3), dtype=np.uint8)
@@ -308,7 +328,7 @@ def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: 
         "label": np.zeros((1, batch), np.int32),
     }
     b, rng = on_devices(dp, b), jax.random.key(0)
-    xla = resolve_conv_impl(conv_impl) == "xla" or dtype != "float32"
+    xla = resolve_conv_impl(c.model.conv_impl) == "xla" or c.model.dtype != "float32"
     flops = _step_flops(step, ds, b, rng, {}) if xla else None
     return (*jax_step_runner(step, ds, b, rng, {}), flops)
 
@@ -344,7 +364,7 @@ def _step_fns(framework: str, case: dict):
     import jax
 
     impl = "xla" if framework == "jax_xla_conv" else "auto"
-    step, sync, info["flops"] = _jax_step(*args, impl, case["dtype"])
+    step, sync, info["flops"] = _jax_step(*args, impl, case["dtype"], case.get("config"))
     return step, sync, info | {"device_kind": jax.devices()[0].device_kind}
 
 
@@ -394,12 +414,13 @@ class _StepServer:
     within seconds (see `_paired`).
     """
 
-    def __init__(self, framework: str, case: dict):
+    def __init__(self, framework: str, case: dict, env: dict[str, str] | None = None):
         self.framework = framework
         self._err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", framework, json.dumps(case)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._err, text=True, env=_env(framework))  # fmt: skip
+                                      stderr=self._err, text=True,
+                                      env=_env(framework) | (env or {}))  # fmt: skip
         self.info = self._answer()
 
     def _answer(self) -> dict:
@@ -439,22 +460,39 @@ def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
       ({framework: [seconds per step, one per round]}, the step's FLOPs (counted on XLA's
       convolutions: custom calls have no cost model), the device kind, the JAX allocator).
     """
-    servers: dict[str, _StepServer] = {}
-    try:
-        for fw in fws:  # one after another: no compilation runs beside another's warm-up
-            servers[fw] = _StepServer(fw, case)
-        steps = {fw: max(1, min(8, round(sample_s / s.info["s"]))) for fw, s in servers.items()}
-        times: dict[str, list[float]] = {fw: [] for fw in fws}
-        for i in range(pairs):
-            for fw in fws[i % len(fws) :] + fws[: i % len(fws)]:
-                time.sleep(gap_s)
-                times[fw].append(servers[fw].time(steps[fw]))
-    finally:
-        for s in servers.values():
-            s.close()
+    times, servers = alternate({fw: (lambda fw=fw: _StepServer(fw, case)) for fw in fws}, pairs,
+                               sample_s, gap_s)  # fmt: skip
     info = servers["jax"].info
     flops = next((s.info["flops"] for s in servers.values() if s.info["flops"]), None)  # XLA's
     return times, flops, info["device_kind"], info["allocator"]
+
+
+def alternate(starts: dict, rounds: int, sample_s: float = 1.0, gap_s: float = 0.2):
+    """Times live step servers side by side: `rounds` rounds of one ~`sample_s` sample each,
+    the first server rotating round by round, `gap_s` idle before each sample.
+
+    Args:
+      starts: {name: a callable returning a started `_StepServer`}; started one after another,
+        so no compilation runs beside another's warm-up.
+
+    Returns:
+      ({name: [seconds per step, one per round]}, {name: the closed server, with its `info`}).
+    """
+    servers: dict = {}
+    names = list(starts)
+    try:
+        for name in names:
+            servers[name] = starts[name]()
+        steps = {n: max(1, min(8, round(sample_s / s.info["s"]))) for n, s in servers.items()}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for i in range(rounds):
+            for n in names[i % len(names) :] + names[: i % len(names)]:
+                time.sleep(gap_s)
+                times[n].append(servers[n].time(steps[n]))
+    finally:
+        for s in servers.values():
+            s.close()
+    return times, servers
 
 
 def _plan(quick: bool, accelerator: bool, torch_device: str | None):

@@ -240,3 +240,56 @@ def test_conv_kernels_time_the_forward_with_the_gradients():
     assert hlo.count("convolution(") == 3  # y, dx and dw
     y, (dx, dw) = fwd_bwd(x, w, g)
     assert y.shape == (2, 8, 8, 8) and dx.shape == x.shape and dw.shape == w.shape
+
+
+def test_ab_parses_variants():
+    from benchmarks import ab
+
+    assert ab.parse_env("A=1  XLA_FLAGS=--x=y") == {"A": "1", "XLA_FLAGS": "--x=y"}
+    assert ab.parse_env("") == {}
+    with pytest.raises(ValueError, match="'oops'"):
+        ab.parse_env("A=1 oops")
+    got = ab.parse_config("model.view_chunk=32, model.conv_impl=xla,optim.lr=0.5,x.flag=True")
+    assert got == {"model.view_chunk": 32, "model.conv_impl": "xla", "optim.lr": 0.5,
+                   "x.flag": True}  # fmt: skip
+    with pytest.raises(ValueError, match="'model.view_chunk'"):
+        ab.parse_config("model.view_chunk")
+
+
+def test_teacher_config_overrides_must_name_existing_fields():
+    c = tr.teacher_config("resnet18", 8, 4, "auto", "float32", {"model.view_chunk": 32})
+    assert c.model.view_chunk == 32 and c.global_batch == 8 and c.ssl.views_per_branch == 4
+    with pytest.raises(ValueError, match="'model.view_chunks'.*'view_chunks'"):
+        tr.teacher_config("resnet18", 8, 4, "auto", "float32", {"model.view_chunks": 32})
+
+
+def test_ab_alternates_two_live_variants(monkeypatch):
+    """Each variant runs in its own server with its env and config; rounds alternate."""
+    from benchmarks import ab
+
+    started, calls = {}, []
+
+    class FakeServer:
+        def __init__(self, fw, case, env):
+            self.name = "a" if env else "b"
+            started[self.name] = (fw, case["config"], env)
+            self.info = {"s": 0.5}
+
+        def time(self, steps):
+            calls.append((self.name, steps))
+            return {"a": 0.08, "b": 0.1}[self.name] * (1 + (len(calls) - 1) // 2)  # drifting
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tr, "_StepServer", FakeServer)
+    a = ({"SB3DR_ONEDNN_THREADS": "1"}, {"model.view_chunk": 32})
+    r = ab.run_ab("resnet18", 8, 3, a, ({}, {}), gap_s=0)
+    assert started == {"a": ("jax", {"model.view_chunk": 32}, a[0]), "b": ("jax", {}, {})}
+    assert [n for n, _ in calls] == ["a", "b", "b", "a", "a", "b"] and calls[0][1] == 2
+    # A drifting machine moves both samples of a round; the per-round ratio stays 0.8.
+    assert r["ratio_a_over_b"] == pytest.approx(0.8) and r["rounds"] == 3
+    assert r["a"]["s_per_step"] == pytest.approx(0.16)  # the median round
+    assert r["a"]["config"] == {"model.view_chunk": 32} and r["b"]["env"] == {}
+    with pytest.raises(ValueError, match="model.nope"):
+        ab.run_ab("resnet18", 8, 1, ({}, {"model.nope": 1}), ({}, {}), gap_s=0)
