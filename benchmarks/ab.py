@@ -30,7 +30,17 @@ from benchmarks import torch_reference as tr  # noqa: E402
 
 
 def parse_env(text: str) -> dict[str, str]:
-    """ "NAME=value NAME2=value" -> {NAME: value}; raises ValueError naming a bad entry."""
+    """Parses a variant's environment variables.
+
+    Args:
+      text: "NAME=value NAME2=value" (whitespace-separated; a value may contain "=").
+
+    Returns:
+      {NAME: value}.
+
+    Raises:
+      ValueError: an entry is not NAME=value; the message names it.
+    """
     out = {}
     for item in text.split():
         name, sep, value = item.partition("=")
@@ -41,8 +51,18 @@ def parse_env(text: str) -> dict[str, str]:
 
 
 def parse_config(text: str) -> dict:
-    """ "model.view_chunk=32,ssl.views_per_branch=2" -> flattened config overrides; values are
-    Python literals where they parse as one (32, 0.5, True, "x"), else strings."""
+    """Parses a variant's config overrides.
+
+    Args:
+      text: "model.view_chunk=32,ssl.views_per_branch=2" (comma-separated).
+
+    Returns:
+      {flattened key: value}, values as Python literals where they parse as one (32, 0.5,
+      True), else strings.
+
+    Raises:
+      ValueError: an entry is not key=value; the message names it.
+    """
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, sep, value = item.partition("=")
@@ -58,6 +78,12 @@ def parse_config(text: str) -> dict:
 def run_ab(preset: str, batch: int, rounds: int, a: tuple[dict, dict], b: tuple[dict, dict],
            k: int = 4, res: int = 64, sample_s: float = 1.0, gap_s: float = 0.2) -> dict:  # fmt: skip
     """Times variant A against variant B, each (env, config overrides), in live processes.
+
+    Args:
+      preset, batch, k, res: the teacher step (backbone, global batch, views per branch, px).
+      rounds: alternating rounds, one ~`sample_s` sample of each variant per round.
+      a, b: (environment variables, config overrides) of each variant.
+      sample_s, gap_s: length of one sample; idle time before each.
 
     Returns:
       {"a": {env, config, allocator, s_per_step}, "b": {...}, "ratio_a_over_b": median of the per-round

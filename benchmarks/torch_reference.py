@@ -28,8 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import ml_collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -272,10 +276,23 @@ def jax_step_time(
 
 
 def teacher_config(preset: str, batch: int, k: int, conv_impl: str, dtype: str,
-                   overrides: dict | None = None):  # fmt: skip
-    """The pretrain config these benchmarks time: what a user of that backbone gets on this
-    backend, at `batch` shapes, `k` views per branch, no long-tail term (`SB3DR_BENCH_LONGTAIL`),
-    then `overrides` (flattened keys, e.g. {"model.view_chunk": 32})."""
+                   overrides: dict | None = None) -> ml_collections.ConfigDict:  # fmt: skip
+    """The pretrain config these benchmarks time.
+
+    Args:
+      preset: backbone ("resnet_tiny", "resnet18"); the config a user of it gets here.
+      batch: global batch (shapes).
+      k: views per branch.
+      conv_impl: `model.conv_impl` ("auto": oneDNN when it builds, "xla").
+      dtype: `model.dtype` (compute dtype).
+      overrides: flattened config keys and values applied last, e.g. {"model.view_chunk": 32}.
+
+    Returns:
+      The config, with no long-tail term (`SB3DR_BENCH_LONGTAIL` picks one).
+
+    Raises:
+      ValueError: an override names a field the config does not have.
+    """
     import jax
 
     from sb3dr_jax.configs.pretrain import get_config
@@ -467,7 +484,8 @@ def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
     return times, flops, info["device_kind"], info["allocator"]
 
 
-def alternate(starts: dict, rounds: int, sample_s: float = 1.0, gap_s: float = 0.2):
+def alternate(starts: dict, rounds: int, sample_s: float = 1.0,
+              gap_s: float = 0.2) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
     """Times live step servers side by side: `rounds` rounds of one ~`sample_s` sample each,
     the first server rotating round by round, `gap_s` idle before each sample.
 
