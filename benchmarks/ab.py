@@ -96,7 +96,7 @@ def run_ab(preset: str, batch: int, rounds: int, a: tuple[dict, dict], b: tuple[
     starts = {n: (lambda n=n, env=env: tr._StepServer("jax", cases[n], env))
               for n, (env, _) in zip("ab", (a, b))}  # fmt: skip
     times, servers = tr.alternate(starts, rounds, sample_s, gap_s)
-    per_round = np.asarray(times["a"]) / np.asarray(times["b"])
+    ratio, quartiles, per_round = tr.per_round_ratios(times["a"], times["b"])
     return {
         "case": {"preset": preset, "batch": batch, "views_per_shape": 2 * k, "res": res},
         **{
@@ -108,9 +108,9 @@ def run_ab(preset: str, batch: int, rounds: int, a: tuple[dict, dict], b: tuple[
             }
             for n, (env, cfg) in zip("ab", (a, b))
         },
-        "ratio_a_over_b": round(float(np.median(per_round)), 3),
-        "ratio_quartiles": [round(float(q), 3) for q in np.percentile(per_round, [25, 75])],
-        "ratios_per_round": [round(float(r), 3) for r in per_round],
+        "ratio_a_over_b": ratio,
+        "ratio_quartiles": quartiles,
+        "ratios_per_round": per_round,
         "rounds": rounds,
     }
 

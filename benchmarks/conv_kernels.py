@@ -26,6 +26,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.peak_flops import cpu_count  # noqa: E402
+
 DN = ("NHWC", "HWIO", "NHWC")
 # (name, input [N, H, W, C], kernel [KH, KW, C, O], stride): resnet_tiny at 64 px, 16 views.
 LAYERS = [
@@ -100,7 +102,7 @@ def _torch_times(layers: list, iters: int) -> list[dict]:
     """PyTorch channels-last forward and forward + backward of each layer (this process)."""
     import torch
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cpu_count())
     out = []
     for _, xs, ws, s, _ in layers:
         n, h, w_, c = xs

@@ -75,7 +75,7 @@ def mfu(flops_per_step: float | None, seconds_per_step: float, peak: float | Non
 _FMA_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.cc")
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     """Cores this process may run on (the affinity mask, as OpenMP and XLA see it)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -98,7 +98,7 @@ def measure_cpu_peak(seconds: float = 0.3, repeats: int = 3, threads: int | None
       {"tflops", "threads", "method"}; or {"error": why} when no C++ compiler with OpenMP can
       build `fma_peak.cc`.
     """
-    threads = threads or _cpu_count()
+    threads = threads or cpu_count()
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         return {"error": "no C++ compiler (g++) on PATH to build fma_peak.cc"}

@@ -535,6 +535,14 @@ def _round(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
 
 
+def per_round_ratios(num, den) -> tuple[float, list[float], list[float]]:
+    """(median, [25th, 75th percentile], every ratio) of the per-round ratios num / den, each
+    rounded to 3 digits: the figures a paired run reports."""
+    r = np.asarray(num) / np.asarray(den)
+    quartiles = [round(float(q), 3) for q in np.percentile(r, [25, 75])]
+    return round(float(np.median(r)), 3), quartiles, [round(float(x), 3) for x in r]
+
+
 def _summary(
     case: dict,
     times: dict,
@@ -551,7 +559,6 @@ def _summary(
     float32 case.
     """
     med = {fw: float(np.median(ts)) for fw, ts in times.items()}
-    arr = {fw: np.asarray(ts) for fw, ts in times.items()}
     best = min((fw for fw in med if fw.startswith("torch")), key=med.get, default=None)
     j, t, x = med["jax"], med.get(best), med.get("jax_xla_conv")
     peak = peak_flops(kind, case["dtype"]) or (cpu_peak if case["dtype"] == "float32" else None)
@@ -575,20 +582,20 @@ def _summary(
     if x is not None:
         row["jax_xla_conv_s_per_step"] = round(x, 4)
     if t is not None:
-        per_round = arr[best] / arr["jax"]
+        ratio, quartiles, per_round = per_round_ratios(times[best], times["jax"])
         row |= {
             "torch_s_per_step": round(t, 4),
             "torch_allocator": "tcmalloc" if best == "torch_tcmalloc" else "system",
             "torch_shapes_per_s": round(case["batch"] / t, 2),
-            "ratio_jax_over_torch": round(float(np.median(per_round)), 3),
-            "ratio_quartiles": [round(float(q), 3) for q in np.percentile(per_round, [25, 75])],
-            "ratios_per_round": [round(float(r), 3) for r in per_round],
+            "ratio_jax_over_torch": ratio,
+            "ratio_quartiles": quartiles,
+            "ratios_per_round": per_round,
             "torch_gflops_per_s": flops and round(flops / 1e9 / t, 1),
             "torch_mfu": _round(mfu(flops, t, peak), 4),
         }
         if x is not None:
-            xla = arr[best] / arr["jax_xla_conv"]
-            row["ratio_xla_conv_over_torch"] = round(float(np.median(xla)), 3)
+            xla_ratio, _, _ = per_round_ratios(times[best], times["jax_xla_conv"])
+            row["ratio_xla_conv_over_torch"] = xla_ratio
         if "torch_tcmalloc" in med:  # both PyTorch figures
             row["torch_system_s_per_step"] = round(med["torch"], 4)
             row["torch_tcmalloc_s_per_step"] = round(med["torch_tcmalloc"], 4)
