@@ -87,8 +87,9 @@ def test_problems_recorded_not_fatal(tub16, tmp_path):
     (tmp_path / "classes" / "Sketch_Test.cla").write_text("PSB 1\n1 9\n\nant 0 9\n1\n")
     layout = read_layout(tmp_path)
     assert len(layout.shapes) == 3
-    assert any("Sketch_Test.cla" in p for p, _ in layout.problems)
-    assert sum("file not found" in r for _, r in layout.problems) == 3 + 6  # models + sketches
+    assert any("Sketch_Test.cla:4" in p and "declares 9 ids" in r for p, r in layout.problems)
+    # models + train sketches + the one id the lenient Sketch_Test.cla kept (no such file)
+    assert sum("file not found" in r for _, r in layout.problems) == 3 + 6 + 1
     assert not [s for s in layout.sketches if s.split == "test"]
 
 
@@ -101,3 +102,28 @@ def test_fatal_layout_errors(tmp_path):
     (tmp_path / "classes" / "Model.cla").write_text("PSB 1\n1 2\n\na 0 1\n1\n")
     with pytest.raises(ClaError):
         read_layout(tmp_path)
+
+
+def test_sketch_cla_with_a_duplicated_class_keeps_its_items(tub16, tmp_path):
+    """One class header listed twice used to empty the whole split (issue 19.3)."""
+    models, train, test = _subset(tub16)
+    (tmp_path / "models").mkdir()
+    for c in models:
+        for i in c.ids:
+            shutil.copy(tub16 / "models" / f"m{i}.off", tmp_path / "models")
+    write_cla(tmp_path / "classes" / "Model.cla", Cla(tuple(models)))
+    write_cla(tmp_path / "classes" / "Sketch_Train.cla", Cla(tuple(train)))
+    for c in test:
+        (tmp_path / "sketches" / c.name).mkdir(parents=True, exist_ok=True)
+        for i in c.ids:
+            shutil.copy(tub16 / "sketches" / c.name / f"{i}.png", tmp_path / "sketches" / c.name)
+    first = test[0]
+    dup = Cla((*test, ClaClass(first.name, "0", first.ids[:1])))  # first class listed again
+    write_cla(tmp_path / "classes" / "Sketch_Test.cla", dup)
+    layout = read_layout(tmp_path)
+    kept = [s for s in layout.sketches if s.split == "test"]
+    assert len(kept) == sum(len(c.ids) for c in test)  # every good test sketch
+    reasons = [r for p, r in layout.problems if "Sketch_Test.cla" in p]
+    assert any("appears twice" in r for r in reasons) and any(
+        "already listed" in r for r in reasons
+    )

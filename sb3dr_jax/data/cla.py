@@ -59,18 +59,28 @@ def _int(token: str, path: str, lineno: int, what: str) -> int:
     return value
 
 
-def read_cla(path: str | os.PathLike) -> Cla:
+def read_cla(path: str | os.PathLike, *, problems: list[tuple[str, str]] | None = None) -> Cla:
     """Reads a `.cla` file.
+
+    The ids of a class are the one-token lines after its `<class> <parent> <count>` header, so
+    a wrong count never shifts the rest of the file. Strict by default; with `problems` given,
+    every recoverable inconsistency is recorded there and reading goes on: a count that
+    disagrees with the ids that follow (they are kept), a class listed twice (its ids are
+    merged into the first listing), an id listed twice (the first listing is kept), a header
+    line that is not a class header (skipped with its ids), wrong totals in line 2.
 
     Args:
       path: the file.
+      problems: when given, collects `(path:line, reason)` for each recoverable problem
+        instead of raising.
 
     Returns:
       The parsed classes, in file order.
 
     Raises:
-      ClaError: unreadable file, bad header, a count that does not match its ids, duplicate
-        ids or classes; the message names `path:line`.
+      ClaError: unreadable file or missing header lines; without `problems`, also any
+        inconsistency (a count that does not match its ids, duplicate ids or classes, wrong
+        totals). The message names `path:line`.
     """
     path = os.fspath(path)
     try:
@@ -91,50 +101,64 @@ def read_cla(path: str | os.PathLike) -> Cla:
     num_classes = _int(parts[0], path, n_line, "number of classes")
     num_items = _int(parts[1], path, n_line, "number of items")
 
-    classes: list[ClaClass] = []
+    def problem(lineno: int, reason: str, recovery: str = "") -> None:
+        if problems is None:
+            raise ClaError(f"{path}:{lineno}", reason)
+        problems.append((f"{path}:{lineno}", f"{reason}; {recovery}" if recovery else reason))
+
+    ids_of: dict[str, list[str]] = {}  # class -> ids, in first-listing order
+    parent_of: dict[str, str] = {}
+    header_line: dict[str, int] = {}
     seen_ids: dict[str, str] = {}
     i = 2
     while i < len(lines):
         lineno, header = lines[i]
+        j = i + 1
+        while j < len(lines) and len(lines[j][1].split()) == 1:
+            j += 1
+        ids = lines[i + 1 : j]  # the one-token lines that follow
+        i = j
         parts = header.split()
         if len(parts) != 3:
-            raise ClaError(
-                f"{path}:{lineno}", f"expected '<class> <parent> <count>', got {header!r}"
-            )
+            problem(lineno, f"expected '<class> <parent> <count>', got {header!r}", "skipped")
+            continue
         name, parent, count_tok = parts
-        count = _int(count_tok, path, lineno, f"count of class {name!r}")
-        ids = lines[i + 1 : i + 1 + count]
-        # A count larger than the ids that follow runs into the next class header.
-        bad = [(n, t) for n, t in ids if len(t.split()) != 1]
-        if len(ids) < count or bad:
-            found = len(ids) if not bad else ids.index(bad[0])
-            raise ClaError(
-                f"{path}:{lineno}",
-                f"class {name!r} declares {count} ids but {found} follow",
+        try:
+            count = _int(count_tok, path, lineno, f"count of class {name!r}")
+        except ClaError as e:
+            if problems is None:
+                raise
+            problems.append((e.path, f"{e.reason}; its {len(ids)} ids kept"))
+            count = len(ids)
+        if len(ids) != count:
+            found = (
+                f"more follow (line {ids[count][0]})" if len(ids) > count else f"{len(ids)} follow"
             )
-        if any(c.name == name for c in classes):
-            raise ClaError(f"{path}:{lineno}", f"class {name!r} appears twice")
+            problem(
+                lineno,
+                f"class {name!r} declares {count} ids but {found}",
+                f"the {len(ids)} that follow kept",
+            )
+        if name in ids_of:
+            problem(
+                lineno,
+                f"class {name!r} appears twice (first at line {header_line[name]})",
+                "its ids merged into the first listing",
+            )
+        else:
+            ids_of[name], parent_of[name], header_line[name] = [], parent, lineno
         for n, item in ids:
             if item in seen_ids:
-                raise ClaError(
-                    f"{path}:{n}", f"id {item!r} already listed in class {seen_ids[item]!r}"
-                )
+                problem(n, f"id {item!r} already listed in class {seen_ids[item]!r}", "skipped")
+                continue
             seen_ids[item] = name
-        classes.append(ClaClass(name, parent, tuple(t for _, t in ids)))
-        i += 1 + count
-        # Ids beyond the count: the next line is a single token, not a class header.
-        if i < len(lines) and len(lines[i][1].split()) == 1:
-            raise ClaError(
-                f"{path}:{lineno}",
-                f"class {name!r} declares {count} ids but more follow (line {lines[i][0]})",
-            )
+            ids_of[name].append(item)
+    classes = [ClaClass(c, parent_of[c], tuple(ids)) for c, ids in ids_of.items()]
     if len(classes) != num_classes:
-        raise ClaError(
-            f"{path}:{n_line}", f"header declares {num_classes} classes, file has {len(classes)}"
-        )
+        problem(n_line, f"header declares {num_classes} classes, file has {len(classes)}")
     total = sum(len(c.ids) for c in classes)
     if total != num_items:
-        raise ClaError(f"{path}:{n_line}", f"header declares {num_items} items, file has {total}")
+        problem(n_line, f"header declares {num_items} items, file has {total}")
     return Cla(tuple(classes))
 
 

@@ -2,9 +2,10 @@
 
 A layout reader lists items and their classes; it never opens a mesh or an image (the dataset
 builder does, and records what fails). A file named in a `.cla` but missing on disk, or a sketch
-class absent from the target classes, is recorded in `layout.problems` and skipped. A broken
-sketch `.cla` is recorded too and leaves its split empty; a broken or missing model `.cla` is
-fatal, since there is nothing to retrieve without targets.
+class absent from the target classes, is recorded in `layout.problems` and skipped. A sketch
+`.cla` is read leniently: each inconsistency (a wrong count, a class or id listed twice) is
+recorded and its good items kept; only an unreadable one (or a missing header) leaves its split
+empty. A broken or missing model `.cla` is fatal, since the target classes define the labels.
 
 SHREC'13 (Li et al., 2013)::
 
@@ -97,7 +98,7 @@ def _read_sketch_cla(cla_path: pathlib.Path, problems: list) -> Cla | None:
         problems.append((str(cla_path), "sketch class file not found; split left empty"))
         return None
     try:
-        return read_cla(cla_path)
+        return read_cla(cla_path, problems=problems)  # recoverable problems: recorded, kept
     except ClaError as e:
         problems.append((str(cla_path), f"{e}; split left empty"))
         return None
