@@ -52,6 +52,8 @@ def test_formats(tmp_path, fmt):
         ("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", "out-of-range"),
         ("OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n", "zero area"),
         ("PLY garbage", "not an OFF"),
+        # the header counts 1 face, the file holds 2 (issue 19.5: was loaded half, silently)
+        ("OFF\n4 1 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n", "more lines follow"),
     ],
 )
 def test_bad_meshes_raise_naming_the_file(tmp_path, text, reason):

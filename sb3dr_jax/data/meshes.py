@@ -59,6 +59,12 @@ def _parse_off(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise MeshError(
             path, f"truncated: expected {n_vert} vertices + {n_face} faces, found {len(body)} lines"
         )
+    if len(body) > n_vert + n_face:  # a header that undercounts would silently drop data
+        raise MeshError(
+            path,
+            f"header declares {n_vert} vertices + {n_face} faces, but "
+            f"{len(body) - n_vert - n_face} more lines follow: counts do not match the data",
+        )
     try:
         verts = np.array([ln.split()[:3] for ln in body[:n_vert]], dtype=np.float64)
     except ValueError:
