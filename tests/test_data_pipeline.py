@@ -70,31 +70,57 @@ def test_process_shards_are_disjoint_and_cover(smoke_builder):
     assert len(ids[0] | ids[1]) == smoke_builder.info.splits["sketch_train"].num_examples
 
 
+def _png(arr: np.ndarray, path) -> None:
+    Image.fromarray(arr).save(path)
+
+
 def test_bad_input_build_reports_exactly_the_bad_items(tub16, tmp_path):
+    """Bad items of every kind are reported with their reason; every good item is kept."""
     root = tmp_path / "src"
     (root / "models").mkdir(parents=True)
     model_cla = read_cla(tub16 / "classes" / "Model.cla")
-    classes = [ClaClass(c.name, "0", c.ids[:2]) for c in model_cla.classes[:3]]
+    classes = [ClaClass(c.name, "0", c.ids[:2]) for c in model_cla.classes[:4]]
     for c in classes:
         for i in c.ids:
             shutil.copy(tub16 / "models" / f"m{i}.off", root / "models")
-    trunc_id, nan_id = classes[0].ids[0], classes[1].ids[0]
+    trunc_id, nan_id, under_id = classes[0].ids[0], classes[1].ids[0], classes[2].ids[0]
     text = (root / "models" / f"m{trunc_id}.off").read_text().splitlines()
     (root / "models" / f"m{trunc_id}.off").write_text("\n".join(text[: len(text) // 2]))
     (root / "models" / f"m{nan_id}.off").write_text("OFF\n3 1 0\n0 0 0\nnan 1 0\n0 1 1\n3 0 1 2\n")
+
+    def undercount(model_id):  # item 5: the header counts half the faces
+        lines = (root / "models" / f"m{model_id}.off").read_text().splitlines()
+        nv, nf = (int(t) for t in lines[1].split()[:2])
+        lines[1] = f"{nv} {nf // 2} 0"
+        (root / "models" / f"m{model_id}.off").write_text("\n".join(lines))
+
+    undercount(under_id)
+    lost_class = classes[3]  # item 10: every target model of this class fails
+    (root / "models" / f"m{lost_class.ids[0]}.off").unlink()
+    undercount(lost_class.ids[1])
     write_cla(root / "classes" / "Model.cla", Cla(tuple(classes)))
-    train = {c.name: c for c in read_cla(tub16 / "classes" / "Sketch_Train.cla").classes}
-    sk = [ClaClass(c.name, "0", train[c.name].ids[:2]) for c in classes]
-    for c in sk:
-        (root / "sketches" / c.name).mkdir(parents=True)
-        for i in c.ids:
-            shutil.copy(tub16 / "sketches" / c.name / f"{i}.png", root / "sketches" / c.name)
+    sketches = {}
+    for fname in ("Sketch_Train.cla", "Sketch_Test.cla"):
+        by_name = {c.name: c for c in read_cla(tub16 / "classes" / fname).classes}
+        sketches[fname] = [ClaClass(c.name, "0", by_name[c.name].ids[:2]) for c in classes]
+        for c in sketches[fname]:
+            (root / "sketches" / c.name).mkdir(parents=True, exist_ok=True)
+            for i in c.ids:
+                shutil.copy(tub16 / "sketches" / c.name / f"{i}.png", root / "sketches" / c.name)
+    sk = sketches["Sketch_Train.cla"]
+    # item 1: a 16-bit sketch (kept); item 2: a 3 x 20000 sketch of one stroke (kept)
+    p16 = root / "sketches" / sk[0].name / f"{sk[0].ids[0]}.png"
+    _png(np.asarray(Image.open(p16).convert("L"), np.uint16) * 257, p16)
+    long_line = np.full((20000, 3), 255, np.uint8)
+    long_line[:, 1] = 0
+    _png(long_line, root / "sketches" / sk[1].name / f"{sk[1].ids[0]}.png")
     empty_id = sk[2].ids[0]
     (root / "sketches" / sk[2].name / f"{empty_id}.png").write_bytes(b"")
     write_cla(root / "classes" / "Sketch_Train.cla", Cla(tuple(sk)))
-    (root / "classes" / "Sketch_Test.cla").write_text(
-        "PSB 1\n1 3\n\nant 0 3\n1\n2\n"
-    )  # wrong count
+    te = sketches["Sketch_Test.cla"]  # item 3: the first class listed twice
+    write_cla(
+        root / "classes" / "Sketch_Test.cla", Cla((*te, ClaClass(te[0].name, "0", te[0].ids)))
+    )
     cfg = dataset_config("shared", smoke=True)
     cfg.root, cfg.data_dir = str(root), str(tmp_path / "tfds")
     cfg.render.num_views = 4
@@ -104,16 +130,21 @@ def test_bad_input_build_reports_exactly_the_bad_items(tub16, tmp_path):
         .joinpath(os.path.relpath(b.data_dir, tmp_path / "tfds"), "build_report.json")
         .read_text()
     )
-    reasons = {(r["item"], r["stage"]) for r in report["skipped"]}
-    assert report["num_skipped"] == 4
-    assert (f"model {trunc_id}", "shapes") in reasons and (f"model {nan_id}", "shapes") in reasons
-    assert (f"train sketch {empty_id}", "sketch_train") in reasons
-    assert any(r["stage"] == "layout" and "Sketch_Test.cla" in r["item"] for r in report["skipped"])
-    assert (
-        b.info.splits["shapes"].num_examples == 4
-        and b.info.splits["sketch_train"].num_examples == 5
-    )
-    assert "sketch_test" not in b.info.splits or b.info.splits["sketch_test"].num_examples == 0
+    assert report["num_skipped"] == len(report["skipped"])
+    why = {(r["item"], r["stage"]): r["reason"] for r in report["skipped"]}
+    assert "truncated" in why[(f"model {trunc_id}", "shapes")]
+    assert "non-finite" in why[(f"model {nan_id}", "shapes")]
+    assert "more lines follow" in why[(f"model {under_id}", "shapes")]
+    assert "more lines follow" in why[(f"model {lost_class.ids[1]}", "shapes")]
+    assert "no target model of this class loaded" in why[(f"class {lost_class.name}", "shapes")]
+    assert "empty file" in why[(f"train sketch {empty_id}", "sketch_train")]
+    for split in ("train", "test"):
+        item = (f"{split} sketches of class {lost_class.name}", f"sketch_{split}")
+        assert "2 sketches left out" in why[item]
+    layout = [r["reason"] for r in report["skipped"] if r["stage"] == "layout"]
+    assert any("file not found" in r for r in layout)
+    assert any("appears twice" in r for r in layout)
+    assert report["splits"] == {"shapes": 3, "sketch_train": 5, "sketch_test": 6}
 
 
 def test_tub16_builds_at_small_resolution(tub16, tmp_path):

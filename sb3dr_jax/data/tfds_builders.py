@@ -13,8 +13,10 @@ static shapes. Build configs are created on the fly from the config file: their 
 the render settings, so builds at different resolutions never collide in `data_dir`.
 
 An item that fails to read (`DataError`) is skipped and counted; the build never dies on one bad
-file. Skipped items, and those the layout reader already rejected, are listed in
-`build_report.json` next to the records and summarised in `builder.info.metadata`.
+file. A class none of whose target models loaded is reported too, and its sketches are left
+out of both sketch splits (with a count): there is nothing to retrieve for them. Skipped items,
+and those the layout reader already rejected, are listed in `build_report.json` next to the
+records and summarised in `builder.info.metadata`.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
         ]
         self._shape_counts = [0] * len(layout.classes)
         self._classes = layout.classes
+        self._shapes_done = not shapes  # sketch splits read the shape counts when it is True
         self._finalise_metadata()
         splits = {
             "shapes": shapes,
@@ -188,14 +191,33 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
                 },
             )
             index += 1
+        for c, n in zip(layout.classes, self._shape_counts):
+            if n == 0:
+                self._report.append(
+                    {
+                        "item": f"class {c}",
+                        "path": None,
+                        "reason": "no target model of this class loaded: its sketches are "
+                        "left out (nothing to retrieve for them)",
+                        "stage": "shapes",
+                    }
+                )
+        self._shapes_done = True
+        self._finalise_metadata()
 
     def _sketch_examples(self, items: list[SketchItem], layout: DatasetLayout):
         c: Sb3drConfig = self.builder_config
         cls = layout.class_index()
         empty_views = np.zeros((0, c.resolution, c.resolution, len(c.channels)), np.uint8)
         ndjson: dict[pathlib.Path, dict] = {}
+        if not self._shapes_done:  # TFDS generates the splits in order, shapes first
+            raise RuntimeError("sketch splits must be generated after the shapes split")
+        no_target: dict[str, int] = {}  # class -> sketches left out
         index = 0
         for item in items:
+            if self._shape_counts[cls[item.label]] == 0:
+                no_target[item.label] = no_target.get(item.label, 0) + 1
+                continue
             try:
                 if item.ndjson_key is None:
                     img = load_sketch(item.path, size=c.sketch_size)
@@ -222,6 +244,17 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
                 },
             )
             index += 1
+        for c, n in no_target.items():
+            split = items[0].split
+            self._report.append(
+                {
+                    "item": f"{split} sketches of class {c}",
+                    "path": None,
+                    "reason": f"{n} sketches left out: class {c!r} has no target model",
+                    "stage": f"sketch_{split}",
+                }
+            )
+        self._finalise_metadata()
 
 
 class Sb3drDemo(_Sb3drBase):
