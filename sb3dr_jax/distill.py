@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from sb3dr_jax import allocator
-from sb3dr_jax.data import dataset_from_config
+from sb3dr_jax.data import dataset_from_config, require_splits
 from sb3dr_jax.evals.index import RetrievalIndex
 from sb3dr_jax.evaluate import evaluate_student
 from sb3dr_jax.models import build_model, feature_dim, init_student_from_teacher
@@ -171,6 +171,7 @@ def run(config, workdir: str):
     save_config(config, workdir)
     dp = data_parallel(config.parallel)
     builder = dataset_from_config(config.dataset)
+    require_splits(builder, ("shapes", "sketch_train", "sketch_test"), needed_by="distill")
     table = teacher_table(
         config.teacher_workdir, builder, dp, global_batch=int(config.eval.global_batch)
     )
@@ -228,6 +229,14 @@ def run(config, workdir: str):
         table["teacher_id"],
         {"dataset": builder.info.full_name, "teacher_step": table["step"]},
     )
+    if jax.process_index() == 0:  # before the evaluation: a failure there loses no training
+        save_export(
+            os.path.join(workdir, "export"),
+            student_params=final.params,
+            student_config={"model": student_model_kwargs(config, f_dim), "sketch_size": s},
+            index=index,
+            teacher_id=table["teacher_id"],
+        )
     summary = evaluate_student(
         dp,
         model,
@@ -242,13 +251,6 @@ def run(config, workdir: str):
     scalars.update({f"eval/sketch_test/mAP_{g}": r["mAP"] for g, r in summary["groups"].items()})
     write_metrics(workdir, int(config.total_steps), scalars)
     if jax.process_index() == 0:
-        save_export(
-            os.path.join(workdir, "export"),
-            student_params=final.params,
-            student_config={"model": student_model_kwargs(config, f_dim), "sketch_size": s},
-            index=index,
-            teacher_id=table["teacher_id"],
-        )
         print(
             f"[distill] sketch_test: mAP={summary['mAP']:.4f} NN={summary['NN']:.4f}; "
             f"export in {os.path.join(workdir, 'export')}",

@@ -12,7 +12,7 @@ import os
 import jax
 
 from sb3dr_jax import evals
-from sb3dr_jax.data import dataset_from_config
+from sb3dr_jax.data import dataset_from_config, require_splits
 from sb3dr_jax.evals import report
 from sb3dr_jax.models import build_model
 from sb3dr_jax.serving.export import load_export
@@ -68,6 +68,7 @@ def evaluate_workdir(config, workdir: str, dp) -> dict:
     """The SHREC summary of one distilled workdir's export on `config.split`."""
     params, meta, index = load_export(os.path.join(workdir, "export"))
     builder = dataset_from_config(load_config(workdir).dataset)
+    require_splits(builder, (config.split,), needed_by="evaluate")
     model = build_model("sketch_student", **meta["model"])
     return evaluate_student(
         dp,

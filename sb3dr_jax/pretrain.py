@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sb3dr_jax import allocator, evals
-from sb3dr_jax.data import dataset_from_config
+from sb3dr_jax.data import dataset_from_config, require_splits
 from sb3dr_jax.models import build_model
 from sb3dr_jax.models.common import centre_and_normalize, l2_normalize, normalize_uint8
 from sb3dr_jax.objectives import longtail, ssl
@@ -257,6 +257,7 @@ def run(config, workdir: str):
 
     save_config(config, workdir)
     builder = dataset_from_config(config.dataset)
+    require_splits(builder, ("shapes",), needed_by="pretrain")
     num_shapes = builder.info.splits["shapes"].num_examples
     num_views = int(builder.info.metadata["render"]["num_views"])
     dp = data_parallel(config.parallel)

@@ -77,3 +77,54 @@ def test_online_teacher_targets_match_the_cached_table(smoke_builder, teacher_wo
     emb, _ = table["model"].apply({"params": table["params"]}, views[:4], method="embed")
     online = l2_normalize(l2_normalize(emb) - table["mean"])
     np.testing.assert_allclose(np.asarray(online), table["features"][:4], atol=1e-4)
+
+
+class _WithoutSplit:
+    """A prepared builder whose `sketch_test` split was left empty by the build."""
+
+    def __init__(self, builder, split):
+        self._b, self._split = builder, split
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
+
+    @property
+    def info(self):
+        info = self._b.info
+
+        class Info:
+            splits = {k: v for k, v in info.splits.items() if k != self._split}
+            full_name, metadata = info.full_name, info.metadata
+
+        return Info()
+
+
+def test_distill_checks_its_splits_before_training(smoke_data_dir, smoke_builder, monkeypatch):
+    """A build without test sketches stops before any training step (issue 19.3)."""
+    from sb3dr_jax.data.errors import LayoutError
+
+    monkeypatch.setattr(
+        distill, "dataset_from_config", lambda cfg: _WithoutSplit(smoke_builder, "sketch_test")
+    )
+    monkeypatch.setattr(distill, "fit", lambda **kw: pytest.fail("trained without a test split"))
+    cfg = smoke_config("distill", smoke_data_dir, teacher_workdir="unused")
+    monkeypatch.setattr(distill, "teacher_table", lambda *a, **k: pytest.fail("loaded teacher"))
+    monkeypatch.setattr("sb3dr_jax.train.loop.load_config", lambda w: cfg)
+    with pytest.raises(LayoutError, match=r"build_report.json: distill needs .*sketch_test"):
+        distill.run(cfg, "unused")
+
+
+def test_a_failing_final_evaluation_keeps_the_export(smoke_data_dir, teacher_workdir, tmp_path):
+    """The export of a finished training run is written before its final evaluation."""
+    cfg = smoke_config("distill", smoke_data_dir, teacher_workdir=teacher_workdir)
+    cfg.total_steps = 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(distill, "evaluate_student", broken)
+        with pytest.raises(RuntimeError, match="evaluation failed"):
+            distill.run(cfg, str(tmp_path))
+    assert (tmp_path / "export" / "student.json").exists()
+    assert (tmp_path / "export" / "index.npz").exists()

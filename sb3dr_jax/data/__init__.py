@@ -19,6 +19,7 @@ __all__ = [
     "SketchError",
     "dataset_from_config",
     "get_dataset",
+    "require_splits",
 ]
 
 
@@ -128,3 +129,27 @@ def dataset_from_config(cfg) -> object:
         max_sketches=int(cfg.max_sketches),
         demo=demo,
     )
+
+
+def require_splits(builder, splits: tuple[str, ...], *, needed_by: str) -> None:
+    """Checks, before any training, that every split a run needs was built and holds items.
+
+    Args:
+      builder: a prepared builder.
+      splits: the splits the run reads.
+      needed_by: the run, for the message (e.g. "distill").
+
+    Raises:
+      LayoutError: a split is missing or empty (a broken `.cla`, every item of it unreadable);
+        the message names the build report that lists the skipped items with their reasons.
+    """
+    from sb3dr_jax.data.tfds_builders import REPORT_FILE
+
+    have = builder.info.splits
+    empty = [s for s in splits if s not in have or have[s].num_examples == 0]
+    if empty:
+        raise LayoutError(
+            os.path.join(builder.data_dir, REPORT_FILE),
+            f"{needed_by} needs the split(s) {', '.join(empty)}, which the build of "
+            f"{builder.info.full_name} left empty; this report lists every skipped item and why",
+        )
