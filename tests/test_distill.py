@@ -99,7 +99,9 @@ class _WithoutSplit:
         return Info()
 
 
-def test_distill_checks_its_splits_before_training(smoke_data_dir, smoke_builder, monkeypatch):
+def test_distill_checks_its_splits_before_training(
+    smoke_data_dir, smoke_builder, monkeypatch, tmp_path
+):
     """A build without test sketches stops before any training step (issue 19.3)."""
     from sb3dr_jax.data.errors import LayoutError
 
@@ -111,7 +113,7 @@ def test_distill_checks_its_splits_before_training(smoke_data_dir, smoke_builder
     monkeypatch.setattr(distill, "teacher_table", lambda *a, **k: pytest.fail("loaded teacher"))
     monkeypatch.setattr("sb3dr_jax.train.loop.load_config", lambda w: cfg)
     with pytest.raises(LayoutError, match=r"build_report.json: distill needs .*sketch_test"):
-        distill.run(cfg, "unused")
+        distill.run(cfg, str(tmp_path))
 
 
 def test_a_failing_final_evaluation_keeps_the_export(smoke_data_dir, teacher_workdir, tmp_path):

@@ -70,3 +70,39 @@ def test_index_bad_input(tmp_path):
     )
     with pytest.raises(IndexMismatchError, match="format version"):
         RetrievalIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize("num_shards", [1, 8])
+def test_identical_gallery_vectors_tie_in_gallery_order(num_shards):
+    """Copies of one vector come back in gallery order, at equal scores (issue 19.4)."""
+    rng = np.random.default_rng(9)
+    v = rng.normal(size=8)
+    g = rng.normal(size=(40, 8))
+    copies = [3, 7, 8, 20, 31, 39]
+    g[copies] = v
+    idx = RetrievalIndex(g, [f"m{i}" for i in range(40)], np.zeros(40), ["a"], "t")
+    idx.num_shards = num_shards
+    q = np.concatenate([v[None] + 0.01 * rng.normal(size=(30, 8)), rng.normal(size=(30, 8))])
+    for k in (2, 6, 40):
+        s, i = idx.search(q, k)
+        assert i.shape == (60, k) and len(set(i[0])) == k
+        for row_s, row_i in zip(s, i):
+            pos = [j for j in row_i if j in copies]
+            assert pos == sorted(pos)
+            assert len({float(x) for x, j in zip(row_s, row_i) if j in copies}) <= 1
+        assert list(i[0, : min(k, 6)]) == copies[:k]  # near v: the copies first, in order
+    _, bi = _brute(q, g, 40)
+    s, i = idx.search(q, 40)
+    assert (i == bi).mean() > 0.9  # otherwise the plain ranking
+
+
+def test_non_finite_gallery_or_query_is_an_error_naming_it():
+    from sb3dr_jax.evals.metrics import NonFiniteEmbeddingError
+
+    g = np.random.default_rng(0).normal(size=(5, 4))
+    g[2, 0] = np.inf
+    with pytest.raises(NonFiniteEmbeddingError, match="gallery item 2 \\(id 'c'\\)"):
+        RetrievalIndex(g, list("abcde"), np.zeros(5), ["x"], "t")
+    idx = RetrievalIndex(np.ones((5, 4)), list("abcde"), np.zeros(5), ["x"], "t")
+    with pytest.raises(NonFiniteEmbeddingError, match="query 0"):
+        idx.search(np.full((1, 4), np.nan))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sb3dr_jax.evals import class_groups, evaluate_retrieval, knn_accuracy, metrics_from_ranking
+from sb3dr_jax.evals.metrics import NonFiniteEmbeddingError, rank_gallery
 
 
 def _dcg(rel, c):
@@ -80,6 +81,36 @@ def test_ties_keep_gallery_order():
     r1 = evaluate_retrieval(q, [1], g, [0, 1, 0])  # the relevant tie comes second
     r2 = evaluate_retrieval(q, [1], g[[1, 0, 2]], [1, 0, 0])  # ... or first
     assert r1["NN"] == 0 and r2["NN"] == 1
+
+
+def test_ties_of_identical_high_dimensional_vectors_keep_gallery_order():
+    """Three copies of one 8-d vector: a BLAS matmul gave them distances one ulp apart, ranked
+    [2 0 1] for some queries (issue 19.4); equal vectors must always tie."""
+    v = np.random.default_rng(9).normal(size=8)
+    g = np.tile(v, (3, 1))
+    queries = np.random.default_rng(0).normal(size=(300, 8))
+    for q in queries:  # one query at a time (gemv), as in the issue (seed 22's query here)
+        np.testing.assert_array_equal(rank_gallery(q[None], g), [[0, 1, 2]])
+    np.testing.assert_array_equal(rank_gallery(queries, g), np.tile([0, 1, 2], (300, 1)))
+    q22 = np.random.default_rng(22).normal(size=(1, 8))
+    assert evaluate_retrieval(q22, [1], g, [0, 0, 1])["NN"] == 0.0
+
+
+@pytest.mark.parametrize("where", ["query", "gallery"])
+def test_non_finite_embeddings_are_an_error_naming_the_item(where):
+    """NaN embeddings gave silently wrong metrics (issue 19.6)."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 4))
+    bad = emb.copy()
+    bad[3, 1] = np.nan
+    q, g = (bad, emb) if where == "query" else (emb, bad)
+    ids = [f"m{i}" for i in range(6)]
+    kw = {f"{where}_ids": ids}
+    name = "query" if where == "query" else "gallery item"
+    with pytest.raises(NonFiniteEmbeddingError, match=f"{name} 3 \\(id 'm3'\\)"):
+        evaluate_retrieval(q, np.arange(6) % 2, g, np.arange(6) % 2, **kw)
+    with pytest.raises(NonFiniteEmbeddingError, match="query 3"):  # leave-one-out too
+        evaluate_retrieval(bad, np.arange(6) % 2, bad, np.arange(6) % 2, exclude_self=True)
 
 
 def test_exclude_self_and_groups():

@@ -8,7 +8,9 @@ loading with a different expected id is refused.
 Search is a jitted cosine top-k over a gallery split into shards: per shard `lax.top_k`, then a
 merge of the shard candidates. With several devices the shards live on different devices
 (`shard_map` over a `Mesh(('data',))`), so galleries larger than one device's memory work;
-queries go in fixed-size padded batches, so the search compiles once.
+queries go in fixed-size padded batches, so the search compiles once. Each bit-distinct gallery
+vector is scored once and its copies share that score (`metrics.distinct_rows`), so equal
+vectors tie exactly and come back in gallery order, whatever the matmul kernel's blocking.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sb3dr_jax.evals.metrics import check_finite, distinct_rows
+
 FORMAT_VERSION = 1
 
 
@@ -35,6 +39,31 @@ class IndexMismatchError(ValueError):
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _expand_ties(scores, rows, members, starts, counts, k: int):
+    """Top-k gallery items from the top-k distinct rows: each row stands for its copies.
+
+    Args:
+      scores: [Q, ku] scores of the best distinct rows (ku = min(k, U)).
+      rows: [Q, ku] their distinct-row indices.
+      members: [N] gallery indices grouped by distinct row, ascending within a row.
+      starts: [U] where each row's group starts in `members`; counts: [U] its size.
+      k: results per query.
+
+    Returns:
+      (scores [Q, k], gallery indices [Q, k]) by score, ties to the lower gallery index. The
+      top-k distinct rows hold every top-k item: a row ranked before another item's row holds
+      an item ranked before it.
+    """
+    m = min(k, int(counts.max()))
+    j = np.arange(m)
+    valid = j < counts[rows][..., None]  # [Q, ku, m]
+    pos = np.minimum(starts[rows][..., None] + j, len(members) - 1)
+    idx = np.where(valid, members[pos], len(members)).reshape(len(rows), -1)
+    s = np.where(valid, scores[..., None], -np.inf).reshape(len(rows), -1)
+    order = np.lexsort((idx, -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(idx, order, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -102,12 +131,20 @@ class RetrievalIndex:
     num_shards: int = 1
 
     def __post_init__(self):
-        self.embeddings = _unit(self.embeddings)
         self.labels = np.asarray(self.labels, np.int64)
         self.model_ids = [str(m) for m in self.model_ids]
-        n = len(self.embeddings)
-        if n == 0 or self.embeddings.ndim != 2:
+        emb = np.asarray(self.embeddings)
+        n = len(emb)
+        if n == 0 or emb.ndim != 2:
             raise ValueError("RetrievalIndex: empty gallery (no shape embeddings)")
+        check_finite(emb, "gallery item", self.model_ids if len(self.model_ids) == n else None)
+        # One normalised row per distinct vector: copies stay bit-identical (ties are kept).
+        rows, inverse = distinct_rows(emb)
+        self._rows = _unit(rows)  # [U, E]
+        self.embeddings = self._rows if len(rows) == n else self._rows[inverse]
+        self._members = np.argsort(inverse, kind="stable")  # [N] grouped by distinct row
+        self._counts = np.bincount(inverse, minlength=len(rows))
+        self._starts = np.cumsum(self._counts) - self._counts
         if len(self.model_ids) != n or len(self.labels) != n:
             raise IndexMismatchError(
                 f"RetrievalIndex: {n} embeddings but {len(self.model_ids)} ids and "
@@ -135,23 +172,29 @@ class RetrievalIndex:
         q = q[None] if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query embeddings must be [Q, {self.dim}], got {list(q.shape)}")
+        check_finite(q, "query")
         k = min(int(k), len(self.embeddings))
+        ku = min(k, len(self._rows))  # the top-k distinct rows hold the top-k items
         q = _unit(q)
         if self.num_shards > 1:
             devs = jax.local_devices()[: self.num_shards]
-            return sharded_topk(q, self.embeddings, k, devs)
-        out_s, out_i = [], []
-        if getattr(self, "_device", None) is None:  # upload the gallery once, not per search
-            self._device = (jnp.asarray(self.embeddings), jnp.ones(len(self.embeddings), bool))
-        g, valid = self._device
-        for start in range(0, len(q), self.query_batch):
-            chunk = q[start : start + self.query_batch]
-            padded = np.zeros((self.query_batch, self.dim), np.float32)
-            padded[: len(chunk)] = chunk
-            s, i = _topk_single(jnp.asarray(padded), g, valid, k)
-            out_s.append(np.asarray(s)[: len(chunk)])
-            out_i.append(np.asarray(i)[: len(chunk)])
-        return np.concatenate(out_s), np.concatenate(out_i)
+            s, i = sharded_topk(q, self._rows, ku, devs)
+        else:
+            out_s, out_i = [], []
+            if getattr(self, "_device", None) is None:  # upload the gallery once, not per search
+                self._device = (jnp.asarray(self._rows), jnp.ones(len(self._rows), bool))
+            g, valid = self._device
+            for start in range(0, len(q), self.query_batch):
+                chunk = q[start : start + self.query_batch]
+                padded = np.zeros((self.query_batch, self.dim), np.float32)
+                padded[: len(chunk)] = chunk
+                s, i = _topk_single(jnp.asarray(padded), g, valid, ku)
+                out_s.append(np.asarray(s)[: len(chunk)])
+                out_i.append(np.asarray(i)[: len(chunk)])
+            s, i = np.concatenate(out_s), np.concatenate(out_i)
+        if len(self._rows) == len(self.embeddings):  # no copies: distinct row = gallery item
+            return s, i
+        return _expand_ties(s, i, self._members, self._starts, self._counts, k)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Writes `index.npz` and `index.json` into `directory`."""

@@ -23,6 +23,48 @@ NUM_PR_POINTS = 20
 E_DEPTH = 32
 
 
+class NonFiniteEmbeddingError(FloatingPointError):
+    """An embedding holds NaN or Inf: every distance to it is meaningless."""
+
+
+def check_finite(emb: np.ndarray, what: str, ids=None) -> None:
+    """Raises `NonFiniteEmbeddingError` naming the first non-finite row of `emb` [N, E].
+
+    Args:
+      emb: embeddings.
+      what: what the rows are ("query", "gallery item"), for the message.
+      ids: optional item ids, named in the message.
+    """
+    emb = np.asarray(emb)
+    if np.issubdtype(emb.dtype, np.floating) and not np.isfinite(emb).all():
+        bad = np.flatnonzero(~np.isfinite(emb).all(axis=tuple(range(1, emb.ndim))))
+        name = f"{what} {bad[0]}" + (f" (id {ids[bad[0]]!r})" if ids is not None else "")
+        raise NonFiniteEmbeddingError(
+            f"{name}: non-finite embedding (NaN/Inf); {len(bad)} of {len(emb)} {what} "
+            "embeddings are non-finite, so no ranking is meaningful (a diverged model?)"
+        )
+
+
+def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bit-distinct rows of `x` [N, E] and, for each row, the index of its distinct row.
+
+    Distances are computed once per distinct gallery vector and copied to its duplicates, so
+    bit-identical vectors get bit-identical distances and the stable sort keeps them in
+    gallery order. A BLAS matmul does not guarantee that: its result for a column depends on
+    where the kernel's blocking puts it (one ulp apart for three copies of one vector).
+
+    Returns:
+      (rows [U, E] in order of first occurrence, inverse [N] int with x == rows[inverse]).
+    """
+    x = np.ascontiguousarray(x)
+    keys = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # distinct rows in order of first occurrence
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return x[first[order]], rank[inverse.ravel()]
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -31,6 +73,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def rank_gallery(query_emb, gallery_emb, *, exclude_self: bool = False) -> np.ndarray:
     """Gallery indices of every query, nearest first (cosine), stable on ties.
 
+    Equal gallery vectors always tie (see `distinct_rows`), whatever the BLAS kernel.
+
     Args:
       query_emb: [Q, E].
       gallery_emb: [N, E].
@@ -38,8 +82,14 @@ def rank_gallery(query_emb, gallery_emb, *, exclude_self: bool = False) -> np.nd
 
     Returns:
       [Q, N] (or [Q, N - 1] with `exclude_self`) int indices.
+
+    Raises:
+      NonFiniteEmbeddingError: a NaN/Inf embedding (named).
     """
-    d = 1.0 - _unit(query_emb) @ _unit(gallery_emb).T  # [Q, N]
+    check_finite(query_emb, "query")
+    check_finite(gallery_emb, "gallery item")
+    rows, inverse = distinct_rows(np.asarray(gallery_emb))
+    d = (1.0 - _unit(query_emb) @ _unit(rows).T)[:, inverse]  # [Q, N]
     if exclude_self:
         np.fill_diagonal(d, np.inf)
     order = np.argsort(d, axis=1, kind="stable")
@@ -179,6 +229,8 @@ def evaluate_retrieval(
     class_names: list[str] | None = None,
     group_thresholds: tuple[int, int] = (20, 5),
     num_classes: int | None = None,
+    query_ids: list[str] | None = None,
+    gallery_ids: list[str] | None = None,
 ) -> dict:
     """Runs the full protocol: ranking, SHREC metrics, per-class and per-group breakdowns.
 
@@ -192,11 +244,19 @@ def evaluate_retrieval(
       class_names: names for the per-class table (default: the indices).
       group_thresholds: (head_min, tail_max) on the number of gallery items per class.
       num_classes: number of classes (default: inferred from the labels).
+      query_ids: ids of the queries, named in errors.
+      gallery_ids: ids of the gallery items, named in errors.
 
     Returns:
       The summary (see `summarise`) plus `per_class`, `groups` ({head, medium, tail}, a group
       without queries is absent), `num_gallery`, `num_skipped`.
+
+    Raises:
+      NonFiniteEmbeddingError: a query or gallery embedding holds NaN/Inf (the message names
+        the item).
     """
+    check_finite(query_emb, "query", query_ids)
+    check_finite(gallery_emb, "gallery item", gallery_ids)
     ql, gl = np.asarray(query_labels, np.int64), np.asarray(gallery_labels, np.int64)
     if len(gl) == 0:
         raise ValueError("evaluate_retrieval: empty gallery")
