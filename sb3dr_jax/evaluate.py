@@ -48,7 +48,7 @@ def evaluate_student(
       The `evaluate_retrieval` summary.
     """
     fn = dp.map_fn(lambda p, b: model.apply({"params": p}, b["image"], train=False)[0])
-    emb, labels, _ = encode_split(
+    emb, labels, ids = encode_split(
         dp, fn, dp.replicate(params), builder, split, global_batch=global_batch, key="image"
     )
     if len(emb) == 0:
@@ -61,6 +61,8 @@ def evaluate_student(
         class_names=index.class_names,
         group_thresholds=group_thresholds,
         num_classes=len(index.class_names),
+        query_ids=ids,
+        gallery_ids=index.model_ids,
     )
 
 
