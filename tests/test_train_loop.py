@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from sb3dr_jax.train import NonFiniteError, TrainState, data_parallel, fit, make_step
-from sb3dr_jax.train.loop import checkpoint_manager
+from sb3dr_jax.train.loop import checkpoint_manager, read_metrics, write_metrics
 
 D, B, F = 8, 2, 5  # devices, per-device batch, features
 
@@ -45,11 +45,11 @@ def _batches(seed: int = 0, nan_at: int | None = None):
         i += 1
 
 
-def _fit(workdir, total, batches, mode="pmap"):
-    opt = optax.adam(0.05)
-    state = jax.device_get(TrainState.create({"w": jnp.zeros((F,))}, opt))
+def _fit(workdir, total, batches, mode="pmap", *, lr=0.05, extra=None, **config):
+    opt = optax.adam(lr)
+    state = jax.device_get(TrainState.create({"w": jnp.zeros((F,))}, opt, extra))
     return fit(
-        config=_config(),
+        config=_config(**config),
         workdir=str(workdir),
         dp=data_parallel(mode),
         state=state,
@@ -94,3 +94,66 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     mngr = checkpoint_manager(str(tmp_path), keep=2)
     assert mngr.latest_step() == 2  # the non-finite state was never saved
     mngr.close()
+
+
+def _crash_after(batches, n):
+    """The first n batches, then the process 'dies' (kill -9 between checkpoints)."""
+    for _ in range(n):
+        yield next(batches)
+    raise KeyboardInterrupt("killed")
+
+
+def _tb_scalars(workdir) -> list[tuple[int, str]]:
+    import tensorflow as tf
+    from tensorboard.compat.proto import event_pb2
+
+    out = []
+    for name in sorted(os.listdir(workdir)):
+        if name.startswith("events.out.tfevents"):
+            for r in tf.data.TFRecordDataset(os.path.join(workdir, name)):
+                ev = event_pb2.Event.FromString(r.numpy())
+                out += [(int(ev.step), v.tag) for v in ev.summary.value]
+    return out
+
+
+def test_resume_after_a_crash_logs_each_step_once(tmp_path):
+    """Steps 5 ran and were logged, the process died before the step-6 checkpoint; the resumed
+    run redoes step 5 and must not log it twice (issue 19.8)."""
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, 8, _crash_after(_batches(), 5))  # checkpoints 2, 4; steps 1-5 logged
+    _fit(tmp_path, 8, _batches())
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == list(range(1, 9))
+    tb = [x for x in _tb_scalars(tmp_path) if x[1] == "train/loss"]
+    assert sorted(tb) == [(s, "train/loss") for s in range(1, 9)]
+    write_metrics(str(tmp_path), 8, {"eval/x": 1.0})
+    write_metrics(str(tmp_path), 8, {"eval/x": 2.0})  # a rerun final evaluation
+    assert [r.get("eval/x") for r in read_metrics(str(tmp_path)) if r["step"] == 8] == [2.0]
+    assert _tb_scalars(tmp_path).count((8, "eval/x")) == 1
+    assert sum(1 for line in open(tmp_path / "metrics.jsonl") if "eval/x" in line) == 1
+
+
+def test_a_diverged_state_is_never_saved(tmp_path):
+    """Finite but huge parameters (a huge learning rate) are divergence, not a good state."""
+    with pytest.raises(
+        NonFiniteError, match=r"diverged params/w .*step 2.*last good checkpoint is step None"
+    ):
+        _fit(tmp_path, 6, _batches(), lr=1e10)
+    mngr = checkpoint_manager(str(tmp_path), keep=2)
+    assert mngr.latest_step() is None
+    mngr.close()
+
+
+def test_non_finite_extra_state_is_never_saved(tmp_path):
+    """The extras (EMA target, BCL memory...) are checked too, not only the params."""
+    extra = {"memory": np.array([0.0, np.nan], np.float32)}
+    with pytest.raises(NonFiniteError, match="non-finite extra/memory at step 2"):
+        _fit(tmp_path, 4, _batches(), extra=extra)
+
+
+def test_nan_message_says_how_to_resume_from_an_earlier_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteError) as e:
+        _fit(tmp_path, 8, _batches(nan_at=6), keep_ckpts=3)  # the 7th batch holds a NaN
+    msg = str(e.value)
+    assert "last good checkpoint is step 6" in msg and "resumes from it" in msg
+    assert "earlier kept checkpoint (2, 4)" in msg and "delete the newer step folders" in msg
