@@ -1,17 +1,69 @@
-"""Shared launcher plumbing: flags for multi-host runs and `jax.distributed` set-up."""
+"""Shared launcher plumbing: flags for multi-host runs, `jax.distributed` set-up, and the one
+way every launcher reports an expected error (`main`).
+
+Expected errors are the ones a user can fix: bad input (`DataError`: a file, a `.cla`, a
+dataset folder), a bad config value (a `ValueError` naming the field, the code base's
+convention), a missing file or run (`FileNotFoundError`: no teacher yet), a run stopped by the
+NaN/divergence guard (`FloatingPointError`). They print one line, `error: <message>`, on stderr
+and exit with status 1; `--debug` shows the traceback instead. Anything else is a bug and keeps
+its traceback.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+from collections.abc import Callable
 
-from absl import flags, logging
+# Before anything imports TensorFlow (tf.data, TFDS, clu): its start-up notices are not ours.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-flags.DEFINE_string("workdir", None, "Output folder (checkpoints, metrics, config.json).")
+from absl import flags, logging  # noqa: E402
+
 flags.DEFINE_string("coordinator", None, "host:port of process 0 for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_bool(
+    "debug", False, "Show the traceback of an expected error (bad input or config, a stopped run)."
+)
 
 FLAGS = flags.FLAGS
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+
+def define_output_workdir(default: str) -> None:
+    """Defines `--workdir`: the folder a training launcher writes (one meaning everywhere)."""
+    flags.DEFINE_string(
+        "workdir",
+        default,
+        "Output folder of this run: checkpoints, metrics.jsonl, TensorBoard logs, config.json "
+        "(a folder holding checkpoints is resumed).",
+    )
+
+
+def main(fn: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """Wraps a launcher's `main(argv)`: expected errors become one line and exit status 1.
+
+    Args:
+      fn: the launcher's main.
+
+    Returns:
+      The wrapped main for `absl.app.run`.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(argv: list[str]) -> None:
+        try:
+            fn(argv)
+        except EXPECTED_ERRORS as e:
+            if FLAGS.debug:
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__  # one line
+            print(f"error: {message} (--debug shows the traceback)", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    return wrapped
 
 
 def _auto_cluster() -> bool:
@@ -21,12 +73,17 @@ def _auto_cluster() -> bool:
     return slurm or tpu_pod
 
 
-def setup(default_workdir: str) -> str:
-    """Initialises `jax.distributed` when asked (or detected) and returns the workdir.
+def setup(default_workdir: str = "") -> str:
+    """Initialises `jax.distributed` when asked (or detected); returns `--workdir`.
 
     Keeps TensorFlow (tf.data) off accelerators before anything else imports it.
+
+    Args:
+      default_workdir: returned when the launcher defines no `--workdir` or it is empty.
+
+    Returns:
+      The output folder.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # orbax logs every checkpoint step at INFO through absl; keep the console for progress.
     logging.set_verbosity(logging.ERROR)
     import jax
@@ -42,7 +99,7 @@ def setup(default_workdir: str) -> str:
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-    return FLAGS.workdir or default_workdir
+    return (FLAGS.workdir if "workdir" in FLAGS else None) or default_workdir
 
 
 def config_path(name: str) -> str:

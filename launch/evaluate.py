@@ -1,12 +1,13 @@
-"""Evaluate distilled students: `python -m launch.evaluate --workdir W [--workdir W2 ...]`.
+"""Evaluate distilled students: `python -m launch.evaluate [--run W] [--run W2 ...]`.
 
-Prints the SHREC table (NN, FT, ST, E, DCG, mAP and its two variants, long-tail group mAPs)
-and writes metrics.json, per_class.csv, pr_curve.png (one line per workdir) and table.md.
+`--run` names a distill run's folder (the `--workdir` it was trained with; default
+`workdirs/distill`); repeat it, or separate folders with commas, to compare several side by
+side. Prints the SHREC table (NN, FT, ST, E, DCG, mAP and its two variants, long-tail group
+mAPs) and writes metrics.json, per_class.csv, pr_curve.png (one line per run) and table.md into
+`--output_dir` (default `<first run>/eval`).
 """
 
 from __future__ import annotations
-
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -15,22 +16,24 @@ from launch import common
 from sb3dr_jax import allocator
 
 config_flags.DEFINE_config_file("config", common.config_path("evaluate"), "Evaluation config.")
-flags.DEFINE_multi_string("eval_workdir", None, "More distill workdirs to compare (repeatable).")
-flags.DEFINE_string("output_dir", None, "Where reports go (default: <first workdir>/eval).")
+flags.DEFINE_multi_string(
+    "run",
+    None,
+    "A distill run's folder to evaluate (its --workdir; default workdirs/distill). Repeat it "
+    "or separate folders with commas to compare runs.",
+)
+flags.DEFINE_string("output_dir", None, "Where the reports go (default: <first run>/eval).")
+flags.adopt_module_key_flags(common)  # --debug and the multi-host flags in --help
 
 
+@common.main
 def main(argv):
     del argv
-    first = common.setup("workdirs/distill")
-    workdirs = [
-        w for part in [first, *(flags.FLAGS.eval_workdir or [])] for w in part.split(",") if w
-    ]
+    common.setup()
+    runs = [w for part in flags.FLAGS.run or ["workdirs/distill"] for w in part.split(",") if w]
     from sb3dr_jax import evaluate
 
-    try:
-        evaluate.run(common.FLAGS.config, workdirs, flags.FLAGS.output_dir)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    evaluate.run(common.FLAGS.config, runs, flags.FLAGS.output_dir)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ With no arguments it trains on the built-in demo data into `workdirs/pretrain`. 
 
 from __future__ import annotations
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from launch import common
 from sb3dr_jax import allocator
 
 config_flags.DEFINE_config_file("config", common.config_path("pretrain"), "Teacher config file.")
+common.define_output_workdir("workdirs/pretrain")
+flags.adopt_module_key_flags(common)  # --debug and the multi-host flags in --help
 
 
+@common.main
 def main(argv):
     del argv
     workdir = common.setup("workdirs/pretrain")

@@ -19,11 +19,13 @@ config_flags.DEFINE_config_file("config", common.config_path("render"), "Render 
 flags.DEFINE_string("dataset", None, "demo | tub16 | qd90 | shared | shrec13 | shrec14")
 flags.DEFINE_string("root", None, "Source folder for shared/shrec13/shrec14.")
 flags.DEFINE_string("data_dir", None, "Where the TFDS records go (default data_cache/tfds).")
+flags.adopt_module_key_flags(common)  # --debug in --help
 
 
+@common.main
 def main(argv):
     del argv
-    common.setup("")
+    common.setup()
     from sb3dr_jax.configs.common import dataset_config
     from sb3dr_jax.data import dataset_from_config
     from sb3dr_jax.data.contact_sheet import contact_sheet

@@ -167,6 +167,9 @@ def run(config, workdir: str):
             f"no teacher in {os.path.abspath(config.teacher_workdir)}: train it first with "
             f"`python -m launch.pretrain --workdir {config.teacher_workdir}`"
         ) from None
+    from sb3dr_jax.pretrain import check_teacher_config
+
+    check_teacher_config(teacher_config, config.teacher_workdir)  # before any work
     config = resolve_config(config, teacher_config)
     save_config(config, workdir)
     dp = data_parallel(config.parallel)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sb3dr_jax import allocator, evals
+from sb3dr_jax.configs.common import ConfigError
 from sb3dr_jax.data import dataset_from_config, require_splits
 from sb3dr_jax.models import build_model
 from sb3dr_jax.models.common import centre_and_normalize, l2_normalize, normalize_uint8
@@ -292,6 +293,21 @@ def run(config, workdir: str):
     )
 
 
+def check_teacher_config(config, workdir: str) -> None:
+    """Refuses a workdir whose config.json is not a teacher's (e.g. a distill run).
+
+    Raises:
+      ConfigError: naming `config.teacher_workdir` and the folder.
+    """
+    if "ssl" not in config or "longtail" not in config:
+        what = "a distill run" if "teacher_workdir" in config else "no teacher run"
+        raise ConfigError(
+            f"config.teacher_workdir: {os.path.abspath(workdir)} holds {what}, not a trained "
+            "teacher (its config.json has no 'ssl' block); point it at a folder written by "
+            "`python -m launch.pretrain`"
+        )
+
+
 def load_teacher(workdir: str):
     """Loads a trained teacher: (model, params (host), config, checkpoint step).
 
@@ -309,6 +325,7 @@ def load_teacher(workdir: str):
     import orbax.checkpoint as ocp
 
     config = load_config(workdir)
+    check_teacher_config(config, workdir)
     mngr = checkpoint_manager(workdir)
     step = mngr.latest_step()
     restored = mngr.restore(step, args=ocp.args.StandardRestore())

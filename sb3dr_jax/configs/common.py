@@ -12,6 +12,10 @@ _REPO = pathlib.Path(__file__).resolve().parents[2]
 SHORTCUTS = {"tub16": "tub16-psb-dev", "qd90": "qd90-psb-dev"}
 
 
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the field (`dataset.name`, ...)."""
+
+
 def parse_args(arg: str | None) -> dict[str, str]:
     """Parses `"smoke,dataset=tub16,simsiam"` into `{"smoke": "", "dataset": "tub16", ...}`."""
     out: dict[str, str] = {}

@@ -43,10 +43,15 @@ def get_dataset(
     Returns:
       The builder, with splits `shapes`, `sketch_train`, `sketch_test`.
     """
+    from sb3dr_jax.configs.common import SHORTCUTS, ConfigError
     from sb3dr_jax.data import tfds_builders as tb
 
     if name not in tb.BUILDERS:
-        raise ValueError(f"dataset.name: unknown {name!r}; choose from {sorted(tb.BUILDERS)}")
+        raise ConfigError(
+            f"dataset.name: unknown {name!r}; choose from {sorted([*tb.BUILDERS, *SHORTCUTS])} "
+            f"({', '.join(SHORTCUTS)}: the ../shared/data sets, e.g. "
+            "`--config sb3dr_jax/configs/pretrain.py:dataset=tub16`)"
+        )
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     if name == "demo":
         config = tb.make_config("demo", **fields)
@@ -109,14 +114,17 @@ def dataset_from_config(cfg) -> object:
     Returns:
       The prepared builder.
     """
+    from sb3dr_jax.configs.common import SHORTCUTS, shared_data_root
+
+    name, root = cfg.name, cfg.root
+    if name in SHORTCUTS:  # `--config.dataset.name=tub16` means what `:dataset=tub16` means
+        name, root = "shared", root or shared_data_root(SHORTCUTS[name])
     r = cfg.render
-    demo = (
-        tuple(sorted((k, v) for k, v in cfg.demo.to_dict().items())) if cfg.name == "demo" else ()
-    )
+    demo = tuple(sorted((k, v) for k, v in cfg.demo.to_dict().items())) if name == "demo" else ()
     return get_dataset(
-        cfg.name,
+        name,
         data_dir=cfg.data_dir,
-        root=cfg.root or None,
+        root=root or None,
         num_views=int(r.num_views),
         resolution=int(r.resolution),
         layout=str(r.layout),

@@ -120,6 +120,15 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
     def _source_layout(self, dl_manager) -> DatasetLayout:
         return read_layout(dl_manager.manual_dir, self.builder_config.kind)
 
+    # TFDS announces "Downloading and preparing dataset Unknown size ..." and "... downloaded
+    # and prepared"; nothing is downloaded here, and `[data] building ...` / `[data] done` say
+    # what happens.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager):
         c: Sb3drConfig = self.builder_config
         layout = self._source_layout(dl_manager)

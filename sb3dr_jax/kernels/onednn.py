@@ -72,6 +72,8 @@ def _build(prefix: str, libdir: str) -> str:
         "-isystem", jax.ffi.include_dir(), "-isystem", os.path.join(prefix, "include"),
         _SRC, "-o", tmp, f"-L{libdir}", "-ldnnl", "-fopenmp", f"-Wl,-rpath,{libdir}",
     ]  # fmt: skip
+    print(f"[kernels] building the oneDNN convolutions (first use, cached in {cache}) ...",
+          file=sys.stderr, flush=True)  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode:
         os.unlink(tmp)

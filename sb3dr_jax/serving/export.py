@@ -49,10 +49,14 @@ def load_export(directory: str | os.PathLike):
     Raises:
       FileNotFoundError: missing files; IndexMismatchError: an index of another teacher.
     """
-    d = pathlib.Path(directory)
+    d = pathlib.Path(directory).absolute()
     meta_path = d / "student.json"
     if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: not found; run `python -m launch.distill` first")
+        raise FileNotFoundError(
+            f"{meta_path}: not found, so {d} is no export (a relative path is taken from the "
+            f"current folder, {os.getcwd()}); a distill run writes its export into "
+            "<its --workdir>/export (`python -m launch.distill`)"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_path}: unknown format version {meta.get('format_version')}")

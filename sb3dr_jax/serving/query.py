@@ -28,8 +28,16 @@ class QueryEngine:
         self._params = params
 
     @classmethod
-    def from_export(cls, directory: str | os.PathLike) -> QueryEngine:
-        """Loads `<workdir>/export` (refuses an index built by another teacher)."""
+    def from_export(cls, directory: str | os.PathLike = "workdirs/distill/export") -> QueryEngine:
+        """Loads `<workdir>/export` (refuses an index built by another teacher).
+
+        Args:
+          directory: the export folder; the default is `launch.distill`'s, relative to the
+            current folder (errors name the absolute path looked at).
+
+        Raises:
+          FileNotFoundError: no export there; IndexMismatchError: another teacher's index.
+        """
         return cls(*load_export(directory))
 
     def embed(self, sketches) -> np.ndarray:
