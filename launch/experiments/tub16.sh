@@ -19,5 +19,5 @@ python -m launch.distill --config $D:no_kd --config.teacher_workdir=$OUT/pretrai
 python -m launch.distill --config $D:plain_triplet --config.teacher_workdir=$OUT/pretrain_bcl \
   --workdir $OUT/plain_triplet
 python -m launch.distill --config $D --config.teacher_workdir=$OUT/pretrain_nolt --workdir $OUT/no_longtail
-python -m launch.evaluate --workdir $OUT/ssltkd --eval_workdir $OUT/no_kd \
-  --eval_workdir $OUT/plain_triplet --eval_workdir $OUT/no_longtail --output_dir $OUT/eval
+python -m launch.evaluate --run $OUT/ssltkd --run $OUT/no_kd \
+  --run $OUT/plain_triplet --run $OUT/no_longtail --output_dir $OUT/eval
