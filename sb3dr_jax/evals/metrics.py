@@ -45,6 +45,19 @@ def check_finite(emb: np.ndarray, what: str, ids=None) -> None:
         )
 
 
+def _row_hashes(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """A uint64 hash of each row's bytes (a random linear form, wrapping): [N]."""
+    b = x.reshape(len(x), -1).view(np.uint8)
+    lanes = next(
+        b.view(t) for t in (np.uint64, np.uint32, np.uint8) if b.shape[1] % t().itemsize == 0
+    )
+    w = np.random.default_rng(0).integers(1, 2**63, lanes.shape[1], dtype=np.uint64) | 1
+    h = np.empty(len(x), np.uint64)
+    for s in range(0, len(x), chunk):
+        h[s : s + chunk] = (lanes[s : s + chunk].astype(np.uint64) * w).sum(1, dtype=np.uint64)
+    return h
+
+
 def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The bit-distinct rows of `x` [N, E] and, for each row, the index of its distinct row.
 
@@ -57,6 +70,8 @@ def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
       (rows [U, E] in order of first occurrence, inverse [N] int with x == rows[inverse]).
     """
     x = np.ascontiguousarray(x)
+    if len(np.unique(_row_hashes(x))) == len(x):  # distinct hashes: distinct rows (usual case)
+        return x, np.arange(len(x))
     keys = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # distinct rows in order of first occurrence
