@@ -74,7 +74,7 @@ def _png(arr: np.ndarray, path) -> None:
     Image.fromarray(arr).save(path)
 
 
-def test_bad_input_build_reports_exactly_the_bad_items(tub16, tmp_path):
+def test_bad_input_build_reports_exactly_the_bad_items(tub16, tmp_path, capfd):
     """Bad items of every kind are reported with their reason; every good item is kept."""
     root = tmp_path / "src"
     (root / "models").mkdir(parents=True)
@@ -125,6 +125,7 @@ def test_bad_input_build_reports_exactly_the_bad_items(tub16, tmp_path):
     cfg.root, cfg.data_dir = str(root), str(tmp_path / "tfds")
     cfg.render.num_views = 4
     b = dataset_from_config(cfg)
+    assert "Downloading and preparing" not in capfd.readouterr().out  # nothing is downloaded
     report = json.loads(
         (tmp_path / "tfds")
         .joinpath(os.path.relpath(b.data_dir, tmp_path / "tfds"), "build_report.json")

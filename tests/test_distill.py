@@ -111,7 +111,8 @@ def test_distill_checks_its_splits_before_training(
     monkeypatch.setattr(distill, "fit", lambda **kw: pytest.fail("trained without a test split"))
     cfg = smoke_config("distill", smoke_data_dir, teacher_workdir="unused")
     monkeypatch.setattr(distill, "teacher_table", lambda *a, **k: pytest.fail("loaded teacher"))
-    monkeypatch.setattr("sb3dr_jax.train.loop.load_config", lambda w: cfg)
+    teacher_cfg = smoke_config("pretrain", smoke_data_dir)
+    monkeypatch.setattr("sb3dr_jax.train.loop.load_config", lambda w: teacher_cfg)
     with pytest.raises(LayoutError, match=r"build_report.json: distill needs .*sketch_test"):
         distill.run(cfg, str(tmp_path))
 

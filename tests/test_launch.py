@@ -23,11 +23,12 @@ _MALLOC = (
 def _run(args, cwd, timeout=600, **env_vars):
     env = {
         **os.environ,
-        **env_vars,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        **env_vars,
     }
+    env = {k: v for k, v in env.items() if v is not None}
     p = subprocess.run(
         [sys.executable, "-m", *args],
         cwd=cwd,
@@ -80,7 +81,8 @@ def test_pretrain_distill_evaluate_chain(tmp_path, smoke_data_dir):
 
 def _fails_fast(args, cwd):
     """A launcher run expected to stop before any training (no tcmalloc re-exec: faster)."""
-    return _run(args, cwd, SB3DR_TCMALLOC="0")
+    # TF_CPP_MIN_LOG_LEVEL unset, as on a fresh shell: the launcher keeps TF's notices away.
+    return _run(args, cwd, SB3DR_TCMALLOC="0", TF_CPP_MIN_LOG_LEVEL=None)
 
 
 def _one_error_line(p) -> str:
@@ -89,6 +91,7 @@ def _one_error_line(p) -> str:
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     lines = [x for x in p.stderr.splitlines() if x.startswith("error: ")]
     assert len(lines) == 1, p.stderr[-3000:]
+    assert "InitializeLog" not in p.stderr and "cpu_feature_guard" not in p.stderr
     return lines[0]
 
 
