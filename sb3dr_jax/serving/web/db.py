@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
-class SchemaError(RuntimeError):
+class SchemaError(ValueError):
     """A database this version of the app cannot use (written by a newer version)."""
 
 
