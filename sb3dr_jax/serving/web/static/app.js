@@ -26,7 +26,7 @@ function setStatus(el, text, isError = false) {
 
 // ---------------------------------------------------------------- sketch canvas
 const canvas = $("sketch");
-const ctx = canvas.getContext("2d");
+const ctx = canvas.getContext("2d", { willReadFrequently: true });
 const strokes = []; // {erase, width, points: [[x, y, pressure]]}
 let current = null;
 let tool = "pen";
@@ -85,8 +85,10 @@ canvas.addEventListener("pointerdown", (e) => {
 });
 canvas.addEventListener("pointermove", (e) => {
   if (!current) return;
-  const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [e];
-  for (const ev of events.length ? events : [e]) current.points.push(toCanvas(ev));
+  // Coalesced events: every sample the pen gave since the last frame (none on some browsers).
+  const coalesced = e.getCoalescedEvents ? e.getCoalescedEvents() : [];
+  const events = coalesced.length ? coalesced : [e];
+  for (const ev of events) current.points.push(toCanvas(ev));
   const n = current.points.length;
   drawStroke({ ...current, points: current.points.slice(Math.max(0, n - events.length - 1)) });
   e.preventDefault();
@@ -233,7 +235,7 @@ function makeViewer({ THREE, OrbitControls }) {
   const camera = new THREE.PerspectiveCamera(40, 4 / 3, 0.01, 100);
   const controls = new OrbitControls(camera, renderer.domElement);
   controls.enableDamping = true;
-  const home = () => { camera.position.set(1.6, 1.1, 2.2); controls.target.set(0, 0, 0); controls.update(); };
+  const home = () => { camera.position.set(2.2, 1.5, 3.0); controls.target.set(0, 0, 0); controls.update(); };
   home();
   const resize = () => {
     const w = stage.clientWidth || 400, h = stage.clientHeight || 300;
