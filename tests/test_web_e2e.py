@@ -9,8 +9,6 @@ import io
 import os
 import pathlib
 import shutil
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -24,17 +22,20 @@ sync_api = pytest.importorskip(
 
 CHROMIUM = os.environ.get("SB3DR_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 WEB = pathlib.Path(__file__).resolve().parents[1] / "sb3dr_jax" / "serving" / "web"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)",
-    ),
-    pytest.mark.skipif(
-        not (WEB / "node_modules" / "three" / "build" / "three.module.js").exists(),
-        reason="three.js not installed: npm ci --prefix sb3dr_jax/serving/web (.ci/run does)",
-    ),
+MISSING = [
+    why
+    for bad, why in [
+        (not os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM}: apt-get install -y chromium"),
+        (
+            not (WEB / "node_modules" / "three" / "build" / "three.module.js").exists(),
+            "three.js not installed: npm ci --prefix sb3dr_jax/serving/web",
+        ),
+    ]
+    if bad
 ]
+if MISSING and os.environ.get("SB3DR_REQUIRE_BROWSER") == "1":  # CI: fail, never skip
+    raise RuntimeError("; ".join(MISSING))
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING))]
 # Software WebGL: the headless machine has no GPU.
 ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 
@@ -42,23 +43,13 @@ ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-
 @pytest.fixture(scope="module")
 def server(web_export, tmp_path_factory):
     """The app under uvicorn on 127.0.0.1 (a free port), in a thread of this process."""
-    import uvicorn
-
+    from benchmarks.web_load import serve_in_thread
     from sb3dr_jax.serving.web.app import Settings, create_app
 
     db = tmp_path_factory.mktemp("e2e") / "web.sqlite"
-    app = create_app(Settings(export_dir=web_export, db_path=str(db)))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert time.time() < deadline and t.is_alive(), "server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(10)
+    base, stop = serve_in_thread(create_app(Settings(export_dir=web_export, db_path=str(db))))
+    yield base
+    stop()
 
 
 @pytest.fixture(scope="module")
