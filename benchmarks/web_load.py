@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import pathlib
 import secrets
 import sys
@@ -205,7 +206,7 @@ def main() -> None:
     import jax
 
     result.update(
-        export=a.export,
+        export=os.path.relpath(a.export, ROOT),
         export_id=app.state.export_id,
         workers=a.workers,
         max_waiting=settings.max_waiting,

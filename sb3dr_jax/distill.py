@@ -258,6 +258,7 @@ def run(config, workdir: str):
                 source_root=getattr(builder, "source_dir", None) or config.dataset.root or None,
                 layout_kind=builder.builder_config.kind if config.dataset.root else "auto",
                 mesh_faces=int(config.export.mesh_faces),
+                workers=int(config.export.mesh_workers),
             )
             print(
                 f"[distill] web assets: {web['models']} thumbnails, {web['meshes']} meshes, "

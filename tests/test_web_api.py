@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import pathlib
 import subprocess
 import sys
 import threading
@@ -399,3 +400,24 @@ def test_serve_launcher_without_export_names_the_command(tmp_path):
     )
     assert p.returncode != 0
     assert "python -m launch.distill" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_mesh_conversion_in_processes_writes_the_same_files(web_export, smoke_builder, tmp_path):
+    import shutil
+
+    from sb3dr_jax.data.web_assets import write_web_assets
+    from sb3dr_jax.evals.index import RetrievalIndex
+
+    shutil.copytree(web_export, tmp_path / "e")
+    index = RetrievalIndex.load(tmp_path / "e")
+    summary = write_web_assets(
+        tmp_path / "e", smoke_builder, index, source_root=smoke_builder.source_dir, workers=2
+    )
+    assert summary["meshes"] == len(index.model_ids) and not summary["skipped"]
+    for i in range(len(index.model_ids)):
+        a = (tmp_path / "e" / "web" / "meshes" / f"{i}.glb").read_bytes()
+        assert a == (pathlib.Path(web_export) / "web" / "meshes" / f"{i}.glb").read_bytes()
+    # A missing source folder: no meshes, sketches from the records, and the reason is kept.
+    summary = write_web_assets(tmp_path / "e", smoke_builder, index, source_root=None)
+    assert summary["meshes"] == 0 and summary["sketches"] == 12
+    assert "not found" in summary["skipped"][0]["reason"]

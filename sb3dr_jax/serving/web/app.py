@@ -11,7 +11,6 @@ than queued without bound. Every error is a JSON body `{"status", "error"}`; not
 stack trace.
 """
 
-
 import asyncio
 import base64
 import binascii
