@@ -269,7 +269,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None) -> FastAPI
     if not have_three:
         log.warning("three.js not installed (run `%s`): the 3D viewer is off", NPM_INSTALL)
     if settings.warmup:
-        engine.query(_warmup_sketch(), k=1)  # compiles the student once, before any user waits
+        engine.query(_warmup_sketch(), k=settings.max_k)  # compiles before any user waits
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -405,6 +405,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None) -> FastAPI
         token, csrf = sec.new_token(), sec.new_token()
         now = time.time()
         with Db.begin() as s:
+            s.execute(delete(dbm.Session).where(dbm.Session.expires_at < dbm.utcnow()))  # tidy
             s.add(
                 dbm.Session(
                     token_hash=sec.token_hash(token),
@@ -537,7 +538,9 @@ def create_app(settings: Settings, engine: QueryEngine | None = None) -> FastAPI
 
     def run_query(data: bytes, k: int) -> tuple[list[dict], float]:
         t0 = time.perf_counter()
-        results = engine.query(data, k=k)
+        # Always the top `max_k`, cut to k: the index's search compiles once per k, and a user
+        # changing k should not wait for a compilation.
+        results = engine.query(data, k=settings.max_k)[:k]
         return results, (time.perf_counter() - t0) * 1000.0
 
     async def read_query(request: Request) -> tuple[bytes, str]:
