@@ -89,6 +89,21 @@ def draw(page, strokes) -> None:
         page.mouse.up()
 
 
+def pen_stroke(page, pressure: float) -> int:
+    """Dispatches a pen stroke with the given pressure; returns the ink pixels it added."""
+    before = ink_pixels(page)
+    page.evaluate(
+        """(p) => { const c = document.getElementById('sketch'); const r = c.getBoundingClientRect();
+        const ev = (type, f) => c.dispatchEvent(new PointerEvent(type, {pointerId: 7,
+          pointerType: 'pen', pressure: p, button: 0, buttons: 1, bubbles: true,
+          clientX: r.left + r.width * f, clientY: r.top + r.height * 0.1}));
+        ev('pointerdown', 0.1); for (let i = 1; i <= 20; i++) ev('pointermove', 0.1 + i * 0.04);
+        ev('pointerup', 0.9); }""",
+        pressure,
+    )
+    return ink_pixels(page) - before
+
+
 HOUSE = [
     [(0.2, 0.8), (0.2, 0.4), (0.8, 0.4), (0.8, 0.8), (0.2, 0.8)],
     [(0.15, 0.45), (0.5, 0.15), (0.85, 0.45)],
@@ -114,6 +129,12 @@ def test_draw_search_view_3d_and_pick_a_benchmark_sketch(browser, server, artifa
     assert ink_pixels(page) > drawn
     page.keyboard.press("Control+z")  # undo the door (a redraw: antialiasing may move a pixel)
     assert abs(ink_pixels(page) - drawn) <= 0.02 * drawn
+    # A pen: pressure sets the width (Pointer Events as a stylus sends them).
+    heavy = pen_stroke(page, 1.0)
+    page.keyboard.press("Control+z")
+    light = pen_stroke(page, 0.1)
+    page.keyboard.press("Control+z")
+    assert heavy > 1.5 * light > 0, (heavy, light)
     page.click("#search")
     page.wait_for_selector("#results .card >> nth=11")
     cards = page.locator("#results .card")
@@ -169,6 +190,7 @@ def test_accounts_history_and_a_second_user(browser, server, artifacts):
     page.click("#nav-login")
     page.fill("#username", "alice")
     page.fill("#password", "correct horse")
+    page.screenshot(path=str(artifacts / "login.png"))
     page.click("#register")
     page.wait_for_selector("#who:has-text('alice')")
     draw(page, HOUSE)

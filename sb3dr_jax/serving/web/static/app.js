@@ -77,7 +77,7 @@ function toCanvas(e) {
 
 canvas.addEventListener("pointerdown", (e) => {
   if (e.button !== 0) return;
-  canvas.setPointerCapture(e.pointerId);
+  try { canvas.setPointerCapture(e.pointerId); } catch { /* pointer already gone: draw anyway */ }
   current = { erase: tool === "eraser", width: +$("stroke-width").value, points: [toCanvas(e)] };
   strokes.push(current);
   drawStroke(current);
