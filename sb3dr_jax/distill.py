@@ -15,6 +15,7 @@ import numpy as np
 
 from sb3dr_jax import allocator
 from sb3dr_jax.data import dataset_from_config, require_splits
+from sb3dr_jax.data.web_assets import write_web_assets
 from sb3dr_jax.evals.index import RetrievalIndex
 from sb3dr_jax.evaluate import evaluate_student
 from sb3dr_jax.models import build_model, feature_dim, init_student_from_teacher
@@ -240,6 +241,26 @@ def run(config, workdir: str):
             index=index,
             teacher_id=table["teacher_id"],
         )
+        if config.export.web:
+            web = write_web_assets(
+                os.path.join(workdir, "export"),
+                builder,
+                index,
+                source_root=getattr(builder, "source_dir", None) or config.dataset.root or None,
+                layout_kind=builder.builder_config.kind if config.dataset.root else "auto",
+                mesh_faces=int(config.export.mesh_faces),
+                workers=int(config.export.mesh_workers),
+            )
+            print(
+                f"[distill] web assets: {web['models']} thumbnails, {web['meshes']} meshes, "
+                f"{web['sketches']} sketches in {web['seconds']:.1f}s"
+                + (
+                    f"; skipped {len(web['skipped'])} (see web/manifest.json)"
+                    if web["skipped"]
+                    else ""
+                ),
+                flush=True,
+            )
     summary = evaluate_student(
         dp,
         model,

@@ -101,3 +101,42 @@ def student_workdir(teacher_workdir, smoke_data_dir, tmp_path_factory) -> str:
     wd = str(tmp_path_factory.mktemp("student"))
     distill.run(smoke_config("distill", smoke_data_dir, teacher_workdir=teacher_workdir), wd)
     return wd
+
+
+@pytest.fixture(scope="session")
+def web_export(smoke_builder, smoke_data_dir, tmp_path_factory) -> str:
+    """A small export for the web tests: a randomly initialised smoke student, a random
+    gallery over the smoke shapes, and the web assets written by the export code itself."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    from sb3dr_jax.data.web_assets import write_web_assets
+    from sb3dr_jax.evals.index import RetrievalIndex
+    from sb3dr_jax.models import build_model
+    from sb3dr_jax.serving.export import save_export
+
+    out = tmp_path_factory.mktemp("web_export")
+    kw = dict(backbone="resnet_tiny", num_filters=8, hidden=32, embed_dim=16, conv_impl="xla")
+    s = int(smoke_builder.info.metadata["sketch_size"])
+    model = build_model("sketch_student", **kw)
+    params = model.init(jax.random.key(0), jnp.zeros((1, s, s, 1), jnp.uint8))["params"]
+    shapes = list(tfds.as_numpy(smoke_builder.as_dataset(split="shapes")))
+    index = RetrievalIndex(
+        np.random.default_rng(0).normal(size=(len(shapes), 16)),
+        [ex["id"].decode() for ex in shapes],
+        [int(ex["label"]) for ex in shapes],
+        list(smoke_builder.info.metadata["class_names"]),
+        "random-teacher",
+        {"dataset": smoke_builder.info.full_name},
+    )
+    save_export(
+        out,
+        student_params=params,
+        student_config={"model": kw, "sketch_size": s},
+        index=index,
+        teacher_id="random-teacher",
+    )
+    write_web_assets(out, smoke_builder, index, source_root=smoke_builder.source_dir)
+    return str(out)

@@ -23,6 +23,10 @@ def test_distill_smoke_run(student_workdir, teacher_workdir):
     final = [r for r in rows if "eval/sketch_test/mAP" in r]
     assert final and 0.0 <= final[-1]["eval/sketch_test/mAP"] <= 1.0
     assert os.path.isdir(os.path.join(student_workdir, "export"))
+    # The web assets travel with the export: one thumbnail and mesh per gallery model.
+    web = json.load(open(os.path.join(student_workdir, "export", "web", "manifest.json")))
+    assert web["models"] and all(m.get("thumbnail") and m.get("mesh") for m in web["models"])
+    assert web["sketches"] and not web["skipped"]
     # The table is cached next to the teacher checkpoint, keyed by its step and fingerprint.
     (path,) = glob.glob(os.path.join(teacher_workdir, "teacher_features_2_*.npz"))
     cached = np.load(path)

@@ -67,6 +67,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval_every = 0  # the final evaluation always runs
     c.eval = ml_collections.ConfigDict(dict(global_batch=64, head_min=20, tail_max=5))
     c.parallel = "pmap"
+    # What the export carries for the web front end (sb3dr_jax/serving/assets.py): thumbnails,
+    # view strips, web meshes of at most `mesh_faces` faces (converted by `mesh_workers`
+    # processes), the test split's sketches.
+    c.export = ml_collections.ConfigDict(dict(web=True, mesh_faces=4000, mesh_workers=1))
     if "gpu" in a:
         c.model.update(backbone="resnet18", dtype="bfloat16", hidden=1024, conv_impl="xla", chunk=0)
         c.global_batch, c.total_steps, c.ckpt_every = 256, 10000, 1000
