@@ -130,6 +130,7 @@ def test_a_failing_final_evaluation_keeps_the_export(smoke_data_dir, teacher_wor
         raise RuntimeError("evaluation failed")
 
     with pytest.MonkeyPatch.context() as m:
+        m.setattr(distill, "fit", lambda **kw: kw["state"])  # training itself is tested above
         m.setattr(distill, "evaluate_student", broken)
         with pytest.raises(RuntimeError, match="evaluation failed"):
             distill.run(cfg, str(tmp_path))
