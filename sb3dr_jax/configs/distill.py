@@ -36,6 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.online_teacher = "online_teacher" in a
     c.class_balanced = "balanced" in a
     c.augment = True
+    c.augment_impl = "map_coordinates"  # or "rows" (train/augment.py)
     c.loss = ml_collections.ConfigDict(
         dict(
             w_cen=1.0,

@@ -43,7 +43,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.longtail = ml_collections.ConfigDict(
         dict(method=a.get("longtail", "bcl"), beta=0.97, strength=1.0, prune_ratio=0.7)
     )
-    c.augment = ml_collections.ConfigDict(dict(min_scale=0.6, max_rot_deg=10.0))
+    # impl: the resampling kernel, "map_coordinates" (one gather per channel) or "rows" (one
+    # gather of whole pixels from the uint8 views, output in model.dtype; train/augment.py).
+    c.augment = ml_collections.ConfigDict(
+        dict(min_scale=0.6, max_rot_deg=10.0, impl="map_coordinates")
+    )
     c.optim = ml_collections.ConfigDict(
         dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=30, grad_clip=1.0)
     )

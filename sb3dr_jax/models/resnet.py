@@ -28,7 +28,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-NORMS = ("group", "batch")
+# "group": our GroupNorm (models/norm.py, a hand-written backward that XLA:CPU runs fast);
+# "group_flax": Flax's own (autodiff backward), the same maths and parameters.
+NORMS = ("group", "group_flax", "batch")
 BLOCKS = ("basic", "bottleneck")
 CONV_IMPLS = ("xla", "onednn", "auto")
 
@@ -99,6 +101,11 @@ def _norm(
             axis_name=axis_name if train else None,
             scale_init=scale_init,
         )
+    if kind == "group_flax":
+        return nn.GroupNorm(
+            num_groups=num_groups(channels, groups), epsilon=1e-6, dtype=dtype,
+            scale_init=scale_init,
+        )  # fmt: skip
     # Our GroupNorm: Flax's maths and parameter names, with a backward pass XLA:CPU runs ~3-7x
     # faster (models/norm.py).
     return GroupNorm(num_groups=num_groups(channels, groups), dtype=dtype, scale_init=scale_init)
