@@ -10,16 +10,15 @@
 #   on the GPU:  bash benchmarks/device_run.sh      (carry .whl; under 8 minutes)
 #   on CPU:      bash benchmarks/device_run.sh --quick   (the same paths on tiny models)
 #
-# What it measures (`benchmarks/accel.py`, lanes side by side, only the timed windows
-# serialised): the `gpu` teacher step (ResNet-18, bf16, 128 px, 8 views per shape) at today's
-# settings and under each optimisation variant (config overrides, batch per device, XLA flags;
-# then all the winners together), the distill step, the PyTorch twin eager and under
-# torch.compile, model FLOPs (traced: the same on every backend) and MFU for every row, and a
-# kernel profile of the baseline step. Writes to $OUT (default benchmarks/results/accel):
-# jax_variants.json, jax_flags.json, torch.json and profile.json as each is measured,
-# accel_sweep.json (every row merged, with the ratios) at the end, accel.log and log.
-# Per-part timeouts: each lane process has a deadline inside the budget (--budget, seconds;
-# default 400, which with the start-up keeps the whole run under 8 minutes).
+# What it measures (`benchmarks/accel.py`, one process at a time, `accel.SEQUENTIAL_PLAN`):
+# the `gpu` teacher step (ResNet-18, bf16, 128 px, 8 views per shape) at today's settings and
+# under each optimisation variant (config overrides, batch per device, XLA flags), the distill
+# step, the PyTorch twin under torch.compile (default, then max-autotune-no-cudagraphs if time
+# is left), model FLOPs (traced: the same on every backend) and MFU for every row, and a kernel
+# profile of the first step. Writes to $OUT (default benchmarks/results/accel), rewritten
+# after every process: jax_variants.json, torch.json, profile.json, accel_sweep.json (every
+# row, with the ratios), accel.log and log. The budget (--budget=SECONDS, default 400) ends
+# the plan wherever it has got to; with the start-up the run stays under 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/accel}
@@ -29,6 +28,7 @@ BUDGET=400
 for a in "$@"; do
   case $a in
     --quick) QUICK=(--quick) ;;
+    --concurrent) QUICK+=(--concurrent) ;;  # lanes side by side (triage only: accel.py)
     --budget=*) BUDGET=${a#--budget=} ;;
   esac
 done

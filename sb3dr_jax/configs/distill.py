@@ -30,6 +30,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             hidden=256,
             conv_impl="auto",  # as in the teacher config
             chunk=8,  # sketches per backbone call: independent chains for the CPU threads
+            # The 7x7 stem (96 px and up) and its max-pool: "conv"/"window", or "s2d"/"slices"
+            # (the same maths in fewer, faster GPU kernels; models/resnet.py).
+            stem="conv",
+            pool="window",
         )
     )
     c.init_from_teacher = True
