@@ -235,6 +235,11 @@ def measure_jax(name: str, kind: str, batch: int, overrides: dict, quick: bool,
         c, step, state, host, consts = distill_parts(batch, res, overrides, quick)
         per_item = 1
     flops = step_flops(step, state, host, jax.random.key(0), consts)  # traced, not compiled
+    if c.model.get("stem") == "s2d":  # the model's maths, not the zero taps of the 8x8 kernel
+        conv = {**overrides, "model.stem": "conv"}
+        parts = (teacher_parts(which, batch, res, conv, quick) if kind == "teacher"
+                 else distill_parts(batch, res, conv, quick))  # fmt: skip
+        flops = step_flops(parts[1], parts[2], parts[3], jax.random.key(0), consts)
     dp = data_parallel(c.get("parallel", "pmap"), jax.devices()[:1])
     lead = lambda x: np.asarray(x)[None]  # [1, b, ...]: one device
     b = on_devices(dp, dp.shard(jax.tree_util.tree_map(lead, host)))
