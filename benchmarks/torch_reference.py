@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -397,7 +398,8 @@ def _step_fns(framework: str, case: dict):
 
         dev = case["torch_device"]
         info["device_kind"] = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
-        return (*_torch_step(*args, case["dtype"], dev), info)
+        mode = "default" if framework == "torch_compile" else None  # torch.compile's default
+        return (*_torch_step(*args, case["dtype"], dev, compile_mode=mode), info)
     import jax
 
     impl = "xla" if framework == "jax_xla_conv" else "auto"
@@ -408,13 +410,14 @@ def _step_fns(framework: str, case: dict):
 def _env(framework: str) -> dict[str, str]:
     """The environment of a framework's process: the JAX processes preload tcmalloc themselves,
     as the launchers do (`sb3dr_jax/allocator.py`); PyTorch runs on the system allocator
-    ("torch") and on tcmalloc ("torch_tcmalloc"), and its row keeps the faster of the two."""
+    ("torch") and on tcmalloc ("torch_tcmalloc"), and its row keeps the faster of the two;
+    "torch_compile" (`torch.compile`) runs on tcmalloc when it is installed."""
     env = dict(os.environ)
     for var, drop in (("LD_PRELOAD", "tcmalloc"), ("GLIBC_TUNABLES", allocator.HUGETLB)):
         keep = [p for p in env.pop(var, "").split(":") if p and drop not in p]
         if keep:
             env[var] = ":".join(keep)
-    if framework == "torch_tcmalloc":
+    if framework in ("torch_tcmalloc", "torch_compile"):
         env = allocator.preload_env({k: v for k, v in env.items() if k != allocator.SWITCH}) or env
     return env
 
@@ -436,7 +439,11 @@ def _serve(framework: str, case: dict) -> None:
     ends it.
     """
     step, sync, info = _step_fns(framework, case)
-    print(_TAG + json.dumps({"s": time_windows(step, sync, 1, 1)[0], **info}), flush=True)
+    t0 = time.perf_counter()
+    s = time_windows(step, sync, 1, 1)[0]
+    # The two warm-up steps' time beyond two steps: torch.compile's (or XLA's) compilation.
+    info["compile_s"] = round(max(time.perf_counter() - t0 - 3 * s, 0.0), 2)
+    print(_TAG + json.dumps({"s": s, **info}), flush=True)
     for line in sys.stdin:
         if int(line) <= 0:
             break
@@ -451,14 +458,23 @@ class _StepServer:
     within seconds (see `_paired`).
     """
 
-    def __init__(self, framework: str, case: dict, env: dict[str, str] | None = None):
+    def __init__(self, framework: str, case: dict, env: dict[str, str] | None = None,
+                 start_timeout_s: float | None = None):  # fmt: skip
         self.framework = framework
         self._err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", framework, json.dumps(case)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._err, text=True,
                                       env=_env(framework) | (env or {}))  # fmt: skip
-        self.info = self._answer()
+        # A start (build, compile, warm-up) that takes longer is ended: its answer then fails.
+        timer = threading.Timer(start_timeout_s, self._proc.kill) if start_timeout_s else None
+        if timer:
+            timer.start()
+        try:
+            self.info = self._answer()
+        finally:
+            if timer:
+                timer.cancel()
 
     def _answer(self) -> dict:
         for line in self._proc.stdout:
@@ -497,30 +513,52 @@ def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
       ({framework: [seconds per step, one per round]}, the step's FLOPs (counted on XLA's
       convolutions: custom calls have no cost model), the device kind, the JAX allocator).
     """
-    times, servers = alternate({fw: (lambda fw=fw: _StepServer(fw, case)) for fw in fws}, pairs,
-                               sample_s, gap_s)  # fmt: skip
+    limit = float(os.environ.get("SB3DR_TORCH_COMPILE_TIMEOUT", "900"))
+
+    def start(fw):
+        return _StepServer(fw, case, start_timeout_s=limit if fw == "torch_compile" else None)
+
+    skipped: dict = {}
+    times, servers = alternate({fw: (lambda fw=fw: start(fw)) for fw in fws}, pairs, sample_s,
+                               gap_s, skipped)  # fmt: skip
     info = servers["jax"].info
     flops = next((s.info["flops"] for s in servers.values() if s.info["flops"]), None)  # XLA's
+    if "torch_compile" in servers:
+        times["torch_compile_compile_s"] = servers["torch_compile"].info.get("compile_s")
+    if skipped:
+        times["torch_compile_skipped"] = (
+            f"not started within SB3DR_TORCH_COMPILE_TIMEOUT={limit:.0f} s or failed: "
+            + skipped["torch_compile"]
+        )
     return times, flops, info["device_kind"], info["allocator"]
 
 
-def alternate(starts: dict, rounds: int, sample_s: float = 1.0,
-              gap_s: float = 0.2) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
+def alternate(starts: dict, rounds: int, sample_s: float = 1.0, gap_s: float = 0.2,
+              skipped: dict | None = None) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
     """Times live step servers side by side: `rounds` rounds of one ~`sample_s` sample each,
     the first server rotating round by round, `gap_s` idle before each sample.
 
     Args:
       starts: {name: a callable returning a started `_StepServer`}; started one after another,
         so no compilation runs beside another's warm-up.
+      skipped: receives {"torch_compile": why} when that (optional) server did not start
+        (e.g. its compilation outran `SB3DR_TORCH_COMPILE_TIMEOUT`); the others go on.
 
     Returns:
       ({name: [seconds per step, one per round]}, {name: the closed server, with its `info`}).
     """
+    skipped = {} if skipped is None else skipped
     servers: dict = {}
     names = list(starts)
     try:
-        for name in names:
-            servers[name] = starts[name]()
+        for name in list(names):
+            try:
+                servers[name] = starts[name]()
+            except RuntimeError as e:  # only the optional torch.compile server may fail
+                if name != "torch_compile":
+                    raise
+                names.remove(name)
+                skipped[name] = str(e)[-500:]
         steps = {n: max(1, min(8, round(sample_s / s.info["s"]))) for n, s in servers.items()}
         times: dict[str, list[float]] = {n: [] for n in names}
         for i in range(rounds):
@@ -547,6 +585,7 @@ def _plan(quick: bool, accelerator: bool, torch_device: str | None):
     else:
         fws = ("jax", "jax_xla_conv", "torch")
         fws += ("torch_tcmalloc",) if allocator.find_tcmalloc() else ()
+        fws += ("torch_compile",)  # torch.compile (default mode), on tcmalloc when installed
         cases, (rounds, steps, windows) = CPU_CASES, (2 if quick else 16, None, 1)
     return (cases[:1] if quick else cases), fws, rounds, steps, windows
 
@@ -578,6 +617,8 @@ def _summary(
     table peak (or `SB3DR_PEAK_TFLOPS`), else `cpu_peak` (FLOP/s measured on this CPU) for a
     float32 case.
     """
+    extra = {k: times.pop(k) for k in ("torch_compile_compile_s", "torch_compile_skipped")
+             if k in times}  # fmt: skip
     med = {fw: float(np.median(ts)) for fw, ts in times.items()}
     best = min((fw for fw in med if fw.startswith("torch")), key=med.get, default=None)
     j, t, x = med["jax"], med.get(best), med.get("jax_xla_conv")
@@ -605,7 +646,10 @@ def _summary(
         ratio, quartiles, per_round = per_round_ratios(times[best], times["jax"])
         row |= {
             "torch_s_per_step": round(t, 4),
-            "torch_allocator": "tcmalloc" if best == "torch_tcmalloc" else "system",
+            "torch_variant": best,  # the fastest PyTorch variant measured: the ratio's reference
+            "torch_allocator": "tcmalloc"
+            if best == "torch_tcmalloc" or (best == "torch_compile" and allocator.find_tcmalloc())
+            else "system",
             "torch_shapes_per_s": round(case["batch"] / t, 2),
             "ratio_jax_over_torch": ratio,
             "ratio_quartiles": quartiles,
@@ -616,10 +660,12 @@ def _summary(
         if x is not None:
             xla_ratio, _, _ = per_round_ratios(times[best], times["jax_xla_conv"])
             row["ratio_xla_conv_over_torch"] = xla_ratio
+        if "torch_compile" in med:
+            row["torch_compile_s_per_step"] = round(med["torch_compile"], 4)
         if "torch_tcmalloc" in med:  # both PyTorch figures
             row["torch_system_s_per_step"] = round(med["torch"], 4)
             row["torch_tcmalloc_s_per_step"] = round(med["torch_tcmalloc"], 4)
-    return row
+    return row | extra
 
 
 def run(quick: bool = False) -> dict:
@@ -678,8 +724,9 @@ def run(quick: bool = False) -> dict:
         "ratio_default": out[0].get("ratio_jax_over_torch"),
         "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; on CPU "
         "JAX with the config's convolutions (jax_conv_impl) and with XLA's own, on tcmalloc as "
-        "the launchers run it (jax_allocator), PyTorch on the faster of the system allocator "
-        "and tcmalloc (torch_allocator); one live process per framework, ~1 s samples "
+        "the launchers run it (jax_allocator), PyTorch eager on the system allocator and "
+        "on tcmalloc and under torch.compile (default mode), the ratio against the fastest "
+        "(torch_variant, torch_allocator); one live process per framework, ~1 s samples "
         "alternating round by round, ratio = median of the per-round ratios; on an accelerator "
         "one process per framework, timing windows paired by index; MFU = XLA's FLOP count of "
         "the step / time / the chip's dense peak for the dtype (peak_flops.py; on CPU the "
