@@ -42,6 +42,7 @@ sys.path.insert(0, ROOT)
 # parent and the workers share one device.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+from benchmarks.flops import step_flops  # noqa: E402
 from benchmarks.peak_flops import measure_cpu_peak, mfu, peak_flops  # noqa: E402
 from benchmarks.timing import jax_step_runner, on_devices, time_windows  # noqa: E402
 from sb3dr_jax import allocator  # noqa: E402
@@ -257,19 +258,6 @@ def _torch_step(preset: str, batch: int, k: int, res: int, dtype: str, device: s
     return step, sync
 
 
-def _step_flops(step, *args) -> float | None:
-    """FLOPs of one step by XLA's cost analysis of the lowered program (None if unavailable).
-
-    Custom calls carry no cost, so this is only meaningful for the step on XLA's convolutions.
-    """
-    try:
-        cost = step.lower(*args).cost_analysis()
-    except Exception:  # noqa: BLE001 - the figure is optional; the timing stands without it
-        return None
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", 0.0)) or None
-
-
 def jax_step_time(
     preset: str,
     batch: int,
@@ -289,8 +277,8 @@ def jax_step_time(
       dtype: the model's compute dtype (`model.dtype`; parameters stay float32).
 
     Returns:
-      (seconds per step of each window, FLOPs per step). FLOPs are XLA's cost analysis of the
-      step, counted only when it runs on XLA's convolutions: custom calls have no cost model.
+      (seconds per step of each window, FLOPs per step). FLOPs are `flops.step_flops` of the
+      step traced on XLA's convolutions (the same maths whatever `conv_impl` runs).
     """
     step, sync, flops = _jax_step(preset, batch, k, res, conv_impl, dtype)
     return time_windows(step, sync, steps, windows), flops
@@ -343,7 +331,6 @@ def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: 
     import jax
 
     from sb3dr_jax import pretrain
-    from sb3dr_jax.models.resnet import resolve_conv_impl
     from sb3dr_jax.train import data_parallel, make_optimizer, make_step
 
     c = teacher_config(preset, batch, k, conv_impl, dtype, overrides)
@@ -366,8 +353,14 @@ def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: 
         "label": np.zeros((1, batch), np.int32),
     }
     b, rng = on_devices(dp, b), jax.random.key(0)
-    xla = resolve_conv_impl(c.model.conv_impl) == "xla" or c.model.dtype != "float32"
-    flops = _step_flops(step, ds, b, rng, {}) if xla else None
+    # Model FLOPs traced from the same step on XLA's convolutions (`flops.py`: oneDNN's custom
+    # calls carry no count), so every backend and conv_impl gets the same figure.
+    cx = teacher_config(preset, batch, k, "xla", dtype, overrides)
+    mx = pretrain.teacher_model(cx)
+    raw = make_step(pretrain.make_loss_fn(cx, mx, 12), opt,
+                    post_update=pretrain.make_post_update(cx, 1000, 100))  # fmt: skip
+    host = jax.tree_util.tree_map(lambda x: x[0], {k: v for k, v in b.items()})
+    flops = float(step_flops(raw, state, jax.device_get(host), rng, {}))
     return (*jax_step_runner(step, ds, b, rng, {}), flops)
 
 
@@ -679,7 +672,7 @@ def run(quick: bool = False) -> dict:
       {"cases": [{preset, batch, views_per_shape, res, dtype, device_kind, jax_s_per_step,
       torch_s_per_step, *_shapes_per_s, ratio_jax_over_torch (median of the per-round ratios),
       ratio_quartiles, ratios_per_round, gflop_per_step
-      (XLA's cost analysis of the step), *_gflops_per_s, peak_tflops, jax_mfu, torch_mfu, and
+      (`flops.step_flops`: traced, the same on every backend), *_gflops_per_s, peak_tflops, jax_mfu, torch_mfu, and
       on CPU jax_xla_conv_s_per_step, ratio_xla_conv_over_torch}], "ratio_default": the first
       case's ratio}.
     """
@@ -728,7 +721,7 @@ def run(quick: bool = False) -> dict:
         "on tcmalloc and under torch.compile (default mode), the ratio against the fastest "
         "(torch_variant, torch_allocator); one live process per framework, ~1 s samples "
         "alternating round by round, ratio = median of the per-round ratios; on an accelerator "
-        "one process per framework, timing windows paired by index; MFU = XLA's FLOP count of "
+        "one process per framework, timing windows paired by index; MFU = the step's model FLOPs (flops.py) "
         "the step / time / the chip's dense peak for the dtype (peak_flops.py; on CPU the "
         "float32 FMA peak measured at the start of the run, cpu_peak)",
     }
