@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ sys.path.insert(0, ROOT)
 # parent and the workers share one device.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+from benchmarks.flops import step_flops  # noqa: E402
 from benchmarks.peak_flops import measure_cpu_peak, mfu, peak_flops  # noqa: E402
 from benchmarks.timing import jax_step_runner, on_devices, time_windows  # noqa: E402
 from sb3dr_jax import allocator  # noqa: E402
@@ -180,8 +182,16 @@ def torch_step_time(
     return time_windows(*_torch_step(preset, batch, k, res, dtype, device), steps, windows)
 
 
-def _torch_step(preset: str, batch: int, k: int, res: int, dtype: str, device: str):
-    """(step, sync): one PyTorch BYOL train step on fixed random views, and a device sync."""
+def _torch_step(preset: str, batch: int, k: int, res: int, dtype: str, device: str,
+                compile_mode: str | None = None):  # fmt: skip
+    """(step, sync): one PyTorch BYOL train step on fixed random views, and a device sync.
+
+    `compile_mode` None runs eagerly; else the forward passes and the loss run under
+    `torch.compile(mode=...)` ("default", "max-autotune-no-cudagraphs", ...; its backward is
+    compiled with it), the augmentation and the optimiser eagerly. On CUDA the optimiser is
+    the fused AdamW and the EMA one `_foreach` call per op (the fast eager forms); the CPU
+    path is as it was measured before (a plain AdamW and a loop).
+    """
     import copy
 
     import torch
@@ -199,7 +209,9 @@ def _torch_step(preset: str, batch: int, k: int, res: int, dtype: str, device: s
     predictor.to(dev)
     target = copy.deepcopy(online).requires_grad_(False)
     params = list(online.parameters()) + list(predictor.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    cuda = dev.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, **({"fused": True} if cuda else {}))
+    t_params, o_params = list(target.parameters()), list(online.parameters())
     gen = torch.Generator(device=dev).manual_seed(0)
     views = torch.randint(0, 255, (batch, 12, 3, res, res), dtype=torch.uint8, device=dev)
 
@@ -209,24 +221,34 @@ def _torch_step(preset: str, batch: int, k: int, res: int, dtype: str, device: s
     def loss_fn(p, z):
         return 2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
 
+    def forward(both):
+        with autocast():
+            z_on = online["proj"](online["enc"](both))
+            p = predictor(z_on)
+            with torch.no_grad():
+                z_t = target["proj"](target["enc"](both))
+        return (loss_fn(p[:batch], z_t[batch:]) + loss_fn(p[batch:], z_t[:batch])).mean()
+
+    if compile_mode:
+        forward = torch.compile(forward, mode=None if compile_mode == "default" else compile_mode)
+
     def step():
         perm = torch.argsort(torch.rand(batch, 12, generator=gen, device=dev), 1)[:, : 2 * k]
         idx = perm[:, :, None, None, None].expand(-1, -1, 3, res, res)
         x = torch.gather(views, 1, idx).float() / 255
         x = _torch_augment(x, gen)
         both = torch.cat([x[:, :k], x[:, k:]], 0)
-        with autocast():
-            z_on = online["proj"](online["enc"](both))
-            p = predictor(z_on)
-            with torch.no_grad():
-                z_t = target["proj"](target["enc"](both))
-        loss = (loss_fn(p[:batch], z_t[batch:]) + loss_fn(p[batch:], z_t[:batch])).mean()
+        loss = forward(both)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            for t, o in zip(target.parameters(), online.parameters()):
-                t.mul_(0.99).add_(o, alpha=0.01)
+            if cuda:
+                torch._foreach_mul_(t_params, 0.99)
+                torch._foreach_add_(t_params, o_params, alpha=0.01)
+            else:
+                for t, o in zip(t_params, o_params):
+                    t.mul_(0.99).add_(o, alpha=0.01)
         return loss
 
     def sync():
@@ -234,19 +256,6 @@ def _torch_step(preset: str, batch: int, k: int, res: int, dtype: str, device: s
             torch.cuda.synchronize()
 
     return step, sync
-
-
-def _step_flops(step, *args) -> float | None:
-    """FLOPs of one step by XLA's cost analysis of the lowered program (None if unavailable).
-
-    Custom calls carry no cost, so this is only meaningful for the step on XLA's convolutions.
-    """
-    try:
-        cost = step.lower(*args).cost_analysis()
-    except Exception:  # noqa: BLE001 - the figure is optional; the timing stands without it
-        return None
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", 0.0)) or None
 
 
 def jax_step_time(
@@ -268,8 +277,8 @@ def jax_step_time(
       dtype: the model's compute dtype (`model.dtype`; parameters stay float32).
 
     Returns:
-      (seconds per step of each window, FLOPs per step). FLOPs are XLA's cost analysis of the
-      step, counted only when it runs on XLA's convolutions: custom calls have no cost model.
+      (seconds per step of each window, FLOPs per step). FLOPs are `flops.step_flops` of the
+      step traced on XLA's convolutions (the same maths whatever `conv_impl` runs).
     """
     step, sync, flops = _jax_step(preset, batch, k, res, conv_impl, dtype)
     return time_windows(step, sync, steps, windows), flops
@@ -322,7 +331,6 @@ def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: 
     import jax
 
     from sb3dr_jax import pretrain
-    from sb3dr_jax.models.resnet import resolve_conv_impl
     from sb3dr_jax.train import data_parallel, make_optimizer, make_step
 
     c = teacher_config(preset, batch, k, conv_impl, dtype, overrides)
@@ -345,8 +353,14 @@ def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: 
         "label": np.zeros((1, batch), np.int32),
     }
     b, rng = on_devices(dp, b), jax.random.key(0)
-    xla = resolve_conv_impl(c.model.conv_impl) == "xla" or c.model.dtype != "float32"
-    flops = _step_flops(step, ds, b, rng, {}) if xla else None
+    # Model FLOPs traced from the same step on XLA's convolutions (`flops.py`: oneDNN's custom
+    # calls carry no count), so every backend and conv_impl gets the same figure.
+    cx = teacher_config(preset, batch, k, "xla", dtype, overrides)
+    mx = pretrain.teacher_model(cx)
+    raw = make_step(pretrain.make_loss_fn(cx, mx, 12), opt,
+                    post_update=pretrain.make_post_update(cx, 1000, 100))  # fmt: skip
+    host = jax.tree_util.tree_map(lambda x: x[0], {k: v for k, v in b.items()})
+    flops = float(step_flops(raw, state, jax.device_get(host), rng, {}))
     return (*jax_step_runner(step, ds, b, rng, {}), flops)
 
 
@@ -377,7 +391,8 @@ def _step_fns(framework: str, case: dict):
 
         dev = case["torch_device"]
         info["device_kind"] = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
-        return (*_torch_step(*args, case["dtype"], dev), info)
+        mode = "default" if framework == "torch_compile" else None  # torch.compile's default
+        return (*_torch_step(*args, case["dtype"], dev, compile_mode=mode), info)
     import jax
 
     impl = "xla" if framework == "jax_xla_conv" else "auto"
@@ -388,13 +403,14 @@ def _step_fns(framework: str, case: dict):
 def _env(framework: str) -> dict[str, str]:
     """The environment of a framework's process: the JAX processes preload tcmalloc themselves,
     as the launchers do (`sb3dr_jax/allocator.py`); PyTorch runs on the system allocator
-    ("torch") and on tcmalloc ("torch_tcmalloc"), and its row keeps the faster of the two."""
+    ("torch") and on tcmalloc ("torch_tcmalloc"), and its row keeps the faster of the two;
+    "torch_compile" (`torch.compile`) runs on tcmalloc when it is installed."""
     env = dict(os.environ)
     for var, drop in (("LD_PRELOAD", "tcmalloc"), ("GLIBC_TUNABLES", allocator.HUGETLB)):
         keep = [p for p in env.pop(var, "").split(":") if p and drop not in p]
         if keep:
             env[var] = ":".join(keep)
-    if framework == "torch_tcmalloc":
+    if framework in ("torch_tcmalloc", "torch_compile"):
         env = allocator.preload_env({k: v for k, v in env.items() if k != allocator.SWITCH}) or env
     return env
 
@@ -416,7 +432,11 @@ def _serve(framework: str, case: dict) -> None:
     ends it.
     """
     step, sync, info = _step_fns(framework, case)
-    print(_TAG + json.dumps({"s": time_windows(step, sync, 1, 1)[0], **info}), flush=True)
+    t0 = time.perf_counter()
+    s = time_windows(step, sync, 1, 1)[0]
+    # The two warm-up steps' time beyond two steps: torch.compile's (or XLA's) compilation.
+    info["compile_s"] = round(max(time.perf_counter() - t0 - 3 * s, 0.0), 2)
+    print(_TAG + json.dumps({"s": s, **info}), flush=True)
     for line in sys.stdin:
         if int(line) <= 0:
             break
@@ -431,14 +451,23 @@ class _StepServer:
     within seconds (see `_paired`).
     """
 
-    def __init__(self, framework: str, case: dict, env: dict[str, str] | None = None):
+    def __init__(self, framework: str, case: dict, env: dict[str, str] | None = None,
+                 start_timeout_s: float | None = None):  # fmt: skip
         self.framework = framework
         self._err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", framework, json.dumps(case)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._err, text=True,
                                       env=_env(framework) | (env or {}))  # fmt: skip
-        self.info = self._answer()
+        # A start (build, compile, warm-up) that takes longer is ended: its answer then fails.
+        timer = threading.Timer(start_timeout_s, self._proc.kill) if start_timeout_s else None
+        if timer:
+            timer.start()
+        try:
+            self.info = self._answer()
+        finally:
+            if timer:
+                timer.cancel()
 
     def _answer(self) -> dict:
         for line in self._proc.stdout:
@@ -477,30 +506,52 @@ def _paired(case: dict, fws: tuple[str, ...], pairs: int, sample_s: float = 1.0,
       ({framework: [seconds per step, one per round]}, the step's FLOPs (counted on XLA's
       convolutions: custom calls have no cost model), the device kind, the JAX allocator).
     """
-    times, servers = alternate({fw: (lambda fw=fw: _StepServer(fw, case)) for fw in fws}, pairs,
-                               sample_s, gap_s)  # fmt: skip
+    limit = float(os.environ.get("SB3DR_TORCH_COMPILE_TIMEOUT", "900"))
+
+    def start(fw):
+        return _StepServer(fw, case, start_timeout_s=limit if fw == "torch_compile" else None)
+
+    skipped: dict = {}
+    times, servers = alternate({fw: (lambda fw=fw: start(fw)) for fw in fws}, pairs, sample_s,
+                               gap_s, skipped)  # fmt: skip
     info = servers["jax"].info
     flops = next((s.info["flops"] for s in servers.values() if s.info["flops"]), None)  # XLA's
+    if "torch_compile" in servers:
+        times["torch_compile_compile_s"] = servers["torch_compile"].info.get("compile_s")
+    if skipped:
+        times["torch_compile_skipped"] = (
+            f"not started within SB3DR_TORCH_COMPILE_TIMEOUT={limit:.0f} s or failed: "
+            + skipped["torch_compile"]
+        )
     return times, flops, info["device_kind"], info["allocator"]
 
 
-def alternate(starts: dict, rounds: int, sample_s: float = 1.0,
-              gap_s: float = 0.2) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
+def alternate(starts: dict, rounds: int, sample_s: float = 1.0, gap_s: float = 0.2,
+              skipped: dict | None = None) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
     """Times live step servers side by side: `rounds` rounds of one ~`sample_s` sample each,
     the first server rotating round by round, `gap_s` idle before each sample.
 
     Args:
       starts: {name: a callable returning a started `_StepServer`}; started one after another,
         so no compilation runs beside another's warm-up.
+      skipped: receives {"torch_compile": why} when that (optional) server did not start
+        (e.g. its compilation outran `SB3DR_TORCH_COMPILE_TIMEOUT`); the others go on.
 
     Returns:
       ({name: [seconds per step, one per round]}, {name: the closed server, with its `info`}).
     """
+    skipped = {} if skipped is None else skipped
     servers: dict = {}
     names = list(starts)
     try:
-        for name in names:
-            servers[name] = starts[name]()
+        for name in list(names):
+            try:
+                servers[name] = starts[name]()
+            except RuntimeError as e:  # only the optional torch.compile server may fail
+                if name != "torch_compile":
+                    raise
+                names.remove(name)
+                skipped[name] = str(e)[-500:]
         steps = {n: max(1, min(8, round(sample_s / s.info["s"]))) for n, s in servers.items()}
         times: dict[str, list[float]] = {n: [] for n in names}
         for i in range(rounds):
@@ -527,6 +578,7 @@ def _plan(quick: bool, accelerator: bool, torch_device: str | None):
     else:
         fws = ("jax", "jax_xla_conv", "torch")
         fws += ("torch_tcmalloc",) if allocator.find_tcmalloc() else ()
+        fws += ("torch_compile",)  # torch.compile (default mode), on tcmalloc when installed
         cases, (rounds, steps, windows) = CPU_CASES, (2 if quick else 16, None, 1)
     return (cases[:1] if quick else cases), fws, rounds, steps, windows
 
@@ -558,6 +610,8 @@ def _summary(
     table peak (or `SB3DR_PEAK_TFLOPS`), else `cpu_peak` (FLOP/s measured on this CPU) for a
     float32 case.
     """
+    extra = {k: times.pop(k) for k in ("torch_compile_compile_s", "torch_compile_skipped")
+             if k in times}  # fmt: skip
     med = {fw: float(np.median(ts)) for fw, ts in times.items()}
     best = min((fw for fw in med if fw.startswith("torch")), key=med.get, default=None)
     j, t, x = med["jax"], med.get(best), med.get("jax_xla_conv")
@@ -585,7 +639,10 @@ def _summary(
         ratio, quartiles, per_round = per_round_ratios(times[best], times["jax"])
         row |= {
             "torch_s_per_step": round(t, 4),
-            "torch_allocator": "tcmalloc" if best == "torch_tcmalloc" else "system",
+            "torch_variant": best,  # the fastest PyTorch variant measured: the ratio's reference
+            "torch_allocator": "tcmalloc"
+            if best == "torch_tcmalloc" or (best == "torch_compile" and allocator.find_tcmalloc())
+            else "system",
             "torch_shapes_per_s": round(case["batch"] / t, 2),
             "ratio_jax_over_torch": ratio,
             "ratio_quartiles": quartiles,
@@ -596,10 +653,12 @@ def _summary(
         if x is not None:
             xla_ratio, _, _ = per_round_ratios(times[best], times["jax_xla_conv"])
             row["ratio_xla_conv_over_torch"] = xla_ratio
+        if "torch_compile" in med:
+            row["torch_compile_s_per_step"] = round(med["torch_compile"], 4)
         if "torch_tcmalloc" in med:  # both PyTorch figures
             row["torch_system_s_per_step"] = round(med["torch"], 4)
             row["torch_tcmalloc_s_per_step"] = round(med["torch_tcmalloc"], 4)
-    return row
+    return row | extra
 
 
 def run(quick: bool = False) -> dict:
@@ -613,7 +672,7 @@ def run(quick: bool = False) -> dict:
       {"cases": [{preset, batch, views_per_shape, res, dtype, device_kind, jax_s_per_step,
       torch_s_per_step, *_shapes_per_s, ratio_jax_over_torch (median of the per-round ratios),
       ratio_quartiles, ratios_per_round, gflop_per_step
-      (XLA's cost analysis of the step), *_gflops_per_s, peak_tflops, jax_mfu, torch_mfu, and
+      (`flops.step_flops`: traced, the same on every backend), *_gflops_per_s, peak_tflops, jax_mfu, torch_mfu, and
       on CPU jax_xla_conv_s_per_step, ratio_xla_conv_over_torch}], "ratio_default": the first
       case's ratio}.
     """
@@ -658,10 +717,11 @@ def run(quick: bool = False) -> dict:
         "ratio_default": out[0].get("ratio_jax_over_torch"),
         "note": "ratio > 1: JAX faster; same model, loss, augmentation and optimiser; on CPU "
         "JAX with the config's convolutions (jax_conv_impl) and with XLA's own, on tcmalloc as "
-        "the launchers run it (jax_allocator), PyTorch on the faster of the system allocator "
-        "and tcmalloc (torch_allocator); one live process per framework, ~1 s samples "
+        "the launchers run it (jax_allocator), PyTorch eager on the system allocator and "
+        "on tcmalloc and under torch.compile (default mode), the ratio against the fastest "
+        "(torch_variant, torch_allocator); one live process per framework, ~1 s samples "
         "alternating round by round, ratio = median of the per-round ratios; on an accelerator "
-        "one process per framework, timing windows paired by index; MFU = XLA's FLOP count of "
+        "one process per framework, timing windows paired by index; MFU = the step's model FLOPs (flops.py) "
         "the step / time / the chip's dense peak for the dtype (peak_flops.py; on CPU the "
         "float32 FMA peak measured at the start of the run, cpu_peak)",
     }

@@ -18,7 +18,7 @@ from sb3dr_jax.data import dataset_from_config, require_splits
 from sb3dr_jax.data.web_assets import write_web_assets
 from sb3dr_jax.evals.index import RetrievalIndex
 from sb3dr_jax.evaluate import evaluate_student
-from sb3dr_jax.models import build_model, feature_dim, init_student_from_teacher
+from sb3dr_jax.models import DTYPES, build_model, feature_dim, init_student_from_teacher
 from sb3dr_jax.models.common import l2_normalize, normalize_uint8
 from sb3dr_jax.objectives import kd, triplet
 from sb3dr_jax.serving.export import save_export
@@ -66,10 +66,13 @@ def make_loss_fn(config, model, teacher=None):
         # Per-sample keys from global batch positions: independent of the device count.
         keys = sample_keys(rng, batch["label"].shape[0])  # [b]
         r_pair = jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys)
-        x = normalize_uint8(batch["image"])  # [b, S, S, 1]
+        rows = config.augment and config.get("augment_impl", "map_coordinates") == "rows"
+        x = batch["image"] if rows else normalize_uint8(batch["image"])  # [b, S, S, 1]
         if config.augment:
             r_aug = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-            x = augment_sketches(r_aug, x, chunk=int(config.model.get("chunk", 0)))  # [b] keys
+            x = augment_sketches(r_aug, x, chunk=int(config.model.get("chunk", 0)),
+                                 impl=config.get("augment_impl", "map_coordinates"),
+                                 dtype=DTYPES[config.model.dtype] if rows else None)  # fmt: skip
         s, _ = model.apply({"params": params}, x)  # [b, E]
         y, t, centres = batch["label"], targets(batch, consts, r_pair), consts["centres"]
         s_all, y_all, t_all = gather(s), gather(y), gather(t)  # global batch [G, ...]

@@ -16,7 +16,7 @@ import numpy as np
 from sb3dr_jax import allocator, evals
 from sb3dr_jax.configs.common import ConfigError
 from sb3dr_jax.data import dataset_from_config, require_splits
-from sb3dr_jax.models import build_model
+from sb3dr_jax.models import DTYPES, build_model
 from sb3dr_jax.models.common import centre_and_normalize, l2_normalize, normalize_uint8
 from sb3dr_jax.objectives import longtail, ssl
 from sb3dr_jax.train import (
@@ -60,7 +60,7 @@ def _augment(config, keys: jax.Array, x: jnp.ndarray, strength: jnp.ndarray, spl
     Args:
       config: the pretrain config (`augment`, `model.view_chunk`).
       keys: [b] per-shape keys (view j of shape i draws with `view_keys(keys)[i, j]`).
-      x: [b, 2k, H, W, C] views in [0, 1].
+      x: [b, 2k, H, W, C] views in [0, 1], or uint8 (normalised by the augmentation).
       strength: [b] augmentation strength.
       split: True: subset A (views [:k]) of every shape, then subset B, i.e. [2, b, k]
         flattened. False: x's own order, [b, 2k] flattened.
@@ -78,6 +78,7 @@ def _augment(config, keys: jax.Array, x: jnp.ndarray, strength: jnp.ndarray, spl
             a = jnp.swapaxes(a.reshape((b, 2, v // 2) + rest), 0, 1)
         return a.reshape((b * v,) + rest)
 
+    impl = config.augment.get("impl", "map_coordinates")
     return augment_images(
         order(vkeys),
         order(x),
@@ -85,6 +86,9 @@ def _augment(config, keys: jax.Array, x: jnp.ndarray, strength: jnp.ndarray, spl
         min_scale=config.augment.min_scale,
         max_rot_deg=config.augment.max_rot_deg,
         chunk=int(config.model.get("view_chunk", 0)),
+        impl=impl,
+        # "rows" writes the model's compute dtype (bf16 on GPU): one cast fewer in the step.
+        dtype=DTYPES[config.model.dtype] if impl == "rows" else None,
     )
 
 
@@ -97,6 +101,16 @@ def make_loss_fn(config, model, num_views: int):
         )
     method, lt = config.ssl.method, config.longtail.method
 
+    def apply(p, x, state):
+        """model.apply in train mode: ((embedding, aux), new batch_stats or None). With
+        BatchNorm (`model.norm="batch"`, statistics averaged over `model.axis_name`) the
+        running statistics live in `state.extra["batch_stats"]`."""
+        if "batch_stats" not in state.extra:
+            return model.apply({"params": p}, x), None
+        out, upd = model.apply({"params": p, "batch_stats": state.extra["batch_stats"]}, x,
+                               mutable=["batch_stats"])  # fmt: skip
+        return out, upd["batch_stats"]
+
     def loss_fn(params, state, batch, rng, consts):
         del consts
         views = batch["views"]  # [b, V, H, W, C] uint8
@@ -106,7 +120,9 @@ def make_loss_fn(config, model, num_views: int):
         sub = lambda j: jax.vmap(lambda key: jax.random.fold_in(key, j))(keys)
         perm = jax.vmap(lambda key: jnp.argsort(jax.random.uniform(key, (num_views,))))(sub(0))
         perm = perm[:, : 2 * k]  # [b, 2k]: two disjoint subsets A = [:k], B = [k:]
-        x = normalize_uint8(jnp.take_along_axis(views, perm[:, :, None, None, None], axis=1))
+        x = jnp.take_along_axis(views, perm[:, :, None, None, None], axis=1)  # uint8
+        if config.augment.get("impl", "map_coordinates") != "rows":  # "rows" reads the bytes
+            x = normalize_uint8(x)
         if lt == "bcl":
             w = longtail.bcl_weights(state.extra["memory"])[batch["index"]]  # [b]
             one = lambda key, wi: bcl_strength(key, wi[None], config.longtail.strength)[0]
@@ -117,22 +133,25 @@ def make_loss_fn(config, model, num_views: int):
         target = _target_params(config, state, params)
         if method == "per_view":
             x = x.reshape((b, 2 * k) + x.shape[1:])
-            _, on = model.apply({"params": params}, x)
-            _, tg = model.apply({"params": target}, x)
+            (_, on), stats = apply(params, x, state)
+            (_, tg), _ = apply(target, x, state)
             per = ssl.per_view_loss(on["view_prediction"], tg["view_projection"])
         else:
             both = x.reshape((2 * b, k) + x.shape[1:])  # all A subsets, then all B
-            _, on = model.apply({"params": params}, both)
+            (_, on), stats = apply(params, both, state)
             z = (
                 sg(on["projection"])
                 if method == "simsiam" and lt != "sdclr"
-                else (model.apply({"params": target}, both)[1]["projection"])
+                else (apply(target, both, state)[0][1]["projection"])
             )
             p = on["prediction"]
             per = ssl.byol_loss(p[:b], z[b:], p[b:], z[:b])  # [b]
         loss = per.mean()
         metrics = {"ssl_loss": loss, "aug_strength": strength.mean()}
-        return loss, (metrics, {"per_sample": sg(per), "index": batch["index"]})
+        aux = {"per_sample": sg(per), "index": batch["index"]}
+        if stats is not None:  # the online branch's running statistics
+            aux["batch_stats"] = sg(stats)
+        return loss, (metrics, aux)
 
     return loss_fn
 
@@ -145,6 +164,8 @@ def make_post_update(config, total_steps: int, steps_per_epoch: int):
         del consts
         extra = dict(state.extra)
         epoch_end = state.step % steps_per_epoch == 0  # state.step already counts this step
+        if "batch_stats" in aux:
+            extra["batch_stats"] = aux["batch_stats"]
         if "target" in extra:
             tau = ssl.ema_tau(state.step, total_steps, config.ssl.tau_base)
             extra["target"] = ssl.ema_update(extra["target"], state.params, tau)
@@ -174,8 +195,12 @@ def make_post_update(config, total_steps: int, steps_per_epoch: int):
 def init_state(config, model, example_views: np.ndarray, num_shapes: int, optimizer) -> TrainState:
     """Fresh host state: params, optimiser state and the method's extras."""
     rng = jax.random.key(config.seed)
-    params = jax.jit(model.init)(rng, jnp.asarray(example_views))["params"]
-    extra = {}
+    # train=False: BatchNorm's statistics sync over the device axis, unbound outside the step.
+    variables = jax.jit(model.init, static_argnames="train")(
+        rng, jnp.asarray(example_views), train=False
+    )
+    params = variables["params"]
+    extra = {"batch_stats": variables["batch_stats"]} if "batch_stats" in variables else {}
     if config.ssl.method != "simsiam" and config.longtail.method != "sdclr":
         extra["target"] = params
     if config.longtail.method == "bcl":
@@ -197,7 +222,9 @@ def make_shape_encoder(dp, model):
     """Data-parallel gallery descriptor: pooled encoder output, L2-normalised, [b, F]."""
 
     def embed(params, batch):
-        emb, _ = model.apply({"params": params}, batch["views"], method="embed")
+        # params, or the whole variables {"params", "batch_stats"} of a BatchNorm teacher.
+        variables = params if "params" in params else {"params": params}
+        emb, _ = model.apply(variables, batch["views"], method="embed")
         return l2_normalize(emb)
 
     return dp.map_fn(embed)
@@ -211,10 +238,11 @@ def make_eval_fn(config, dp, model, builder):
     groups = evals.class_groups(meta["shape_counts"], *thresholds)
 
     def eval_fn(dstate, step):
+        bs = dstate.extra.get("batch_stats")
         emb, labels, _ = encode_split(
             dp,
             encode,
-            dstate.params,
+            dstate.params if bs is None else {"params": dstate.params, "batch_stats": bs},
             builder,
             "shapes",
             global_batch=int(config.eval.global_batch),

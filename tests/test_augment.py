@@ -133,3 +133,23 @@ def test_bad_inputs_raise():
         augment_views(jax.random.key(0), x[:, 0], jnp.zeros(3))
     with pytest.raises(ValueError, match="images must be"):
         augment_sketches(jax.random.key(0), x)
+
+
+def test_rows_resampling_matches_map_coordinates():
+    # impl="rows" (one gather of whole pixels, from uint8) is the same bilinear resampling.
+    rs = np.random.RandomState(3)
+    img = rs.randint(0, 256, (6, 24, 20, 3)).astype(np.uint8)
+    keys = jax.random.split(jax.random.key(4), 6)
+    st = jnp.asarray(rs.rand(6), jnp.float32)
+    ref = augment_images(keys, jnp.asarray(img) / 255.0, st)
+    for x in (jnp.asarray(img), jnp.asarray(img) / 255.0):
+        out = augment_images(keys, x, st, impl="rows", chunk=4)
+        chex.assert_trees_all_close(out, ref, atol=1e-5)
+        assert out.dtype == jnp.float32
+    bf = augment_images(keys, jnp.asarray(img), st, impl="rows", dtype=jnp.bfloat16)
+    assert bf.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(bf.astype(jnp.float32), ref, atol=1e-2)
+    sk = augment_sketches(keys, jnp.asarray(img[..., :1]), impl="rows")
+    chex.assert_trees_all_close(sk, augment_sketches(keys, img[..., :1] / 255.0), atol=1e-5)
+    with pytest.raises(ValueError, match="augment.impl"):
+        augment_images(keys, jnp.asarray(img), st, impl="nearest")

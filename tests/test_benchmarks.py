@@ -77,7 +77,8 @@ def test_summary_mfu_on_cpu_uses_the_measured_peak(monkeypatch):
 def test_plan_per_machine():
     cases, fws, rounds, steps, windows = tr._plan(False, accelerator=False, torch_device="cpu")
     assert fws[:3] == ("jax", "jax_xla_conv", "torch") and rounds == 16 and steps is None
-    assert fws[3:] == (("torch_tcmalloc",) if allocator.find_tcmalloc() else ())
+    tcmalloc = ("torch_tcmalloc",) if allocator.find_tcmalloc() else ()
+    assert fws[3:] == (*tcmalloc, "torch_compile")  # the ratio is against the fastest
     assert all(c[4] == "float32" for c in cases)
     cases, fws, rounds, _, windows = tr._plan(False, accelerator=True, torch_device="cuda")
     assert fws == ("jax", "torch") and rounds == 1 and windows > 1
@@ -123,7 +124,7 @@ def test_paired_rounds_alternate(monkeypatch):
     calls, closed = [], []
 
     class FakeServer:
-        def __init__(self, fw, case):
+        def __init__(self, fw, case, **kw):
             flops = 5e9 if fw == "jax_xla_conv" else None  # custom calls are not counted
             self.fw, self.info = fw, {"s": 0.25, "flops": flops, "device_kind": "cpu",
                                       "allocator": "tcmalloc"}  # fmt: skip
@@ -142,6 +143,39 @@ def test_paired_rounds_alternate(monkeypatch):
     assert {n for _, n in calls} == {4}  # ~1 s of 0.25 s steps per sample
     assert times == {"jax": [0.1] * 3, "jax_xla_conv": [0.3] * 3, "torch": [0.2] * 3}
     assert (flops, kind, alloc) == (5e9, "cpu", "tcmalloc") and len(closed) == 3
+
+
+def test_summary_ratio_is_against_the_fastest_torch_variant():
+    # torch.compile faster than eager: the ratio and torch_variant follow it.
+    case = dict(preset="resnet_tiny", batch=16, k=4, res=64, dtype="float32")
+    times = {"jax": [0.10, 0.10], "torch": [0.20, 0.20], "torch_compile": [0.125, 0.125],
+             "torch_compile_compile_s": 42.0}  # fmt: skip
+    row = tr._summary(case, times, None, "cpu")
+    assert row["torch_variant"] == "torch_compile" and row["ratio_jax_over_torch"] == 1.25
+    assert row["torch_compile_s_per_step"] == 0.125 and row["torch_compile_compile_s"] == 42.0
+
+
+def test_a_torch_compile_server_that_fails_to_start_is_left_out(monkeypatch):
+    class FakeServer:
+        def __init__(self, fw, case, start_timeout_s=None):
+            if fw == "torch_compile":
+                raise RuntimeError("torch benchmark server failed: killed")
+            self.fw, self.info = fw, {"s": 0.5, "flops": None, "device_kind": "cpu",
+                                      "allocator": "system"}  # fmt: skip
+
+        def time(self, steps):
+            return 0.5
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tr, "_StepServer", FakeServer)
+    times, *_ = tr._paired({}, ("jax", "torch", "torch_compile"), 2, gap_s=0)
+    assert "torch_compile" not in times and "killed" in times["torch_compile_skipped"]
+    row = tr._summary(dict(preset="resnet_tiny", batch=4, k=2, res=32, dtype="float32"), times,
+                      None, "cpu")  # fmt: skip
+    assert row["torch_variant"] == "torch" and "SB3DR_TORCH_COMPILE_TIMEOUT" in row[
+        "torch_compile_skipped"]  # fmt: skip
 
 
 def test_env_per_framework(monkeypatch):

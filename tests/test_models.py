@@ -276,3 +276,33 @@ def test_view_chunks_give_the_same_embedding_and_gradient():
     np.testing.assert_allclose(f(chunked)(params), f(whole)(params), rtol=1e-5, atol=1e-6)
     g = lambda m: jax.grad(lambda p: jnp.sum(f(m)(p) ** 2))(params)
     chex.assert_trees_all_close(g(chunked), g(whole), rtol=1e-4, atol=1e-6)
+
+
+def test_s2d_stem_and_slice_pool_equal_the_conv_stem_and_reduce_window():
+    # model.stem="s2d" / model.pool="slices" (the GPU config's): the same parameters, the same
+    # outputs and (without ties) the same gradients as the 7x7 conv and nn.max_pool.
+    import flax
+
+    from sb3dr_jax.models.resnet import max_pool_3x3_s2, resnet
+
+    x = jax.random.uniform(jax.random.key(0), (2, 96, 100, 3))
+    base = resnet("resnet_tiny", num_filters=8)
+    fast = resnet("resnet_tiny", num_filters=8, stem="s2d", pool="slices")
+    params = base.init(jax.random.key(1), x)
+    p_fast = fast.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal_shapes(params, p_fast)  # checkpoints interchangeable
+    loss = lambda m: lambda p: jnp.sum(m.apply(p, x) ** 2)
+    (a, ga), (b, gb) = (jax.value_and_grad(loss(m))(params) for m in (base, fast))
+    np.testing.assert_allclose(b, a, rtol=1e-4)
+    flat = lambda g: flax.traverse_util.flatten_dict(g)
+    for k, v in flat(ga).items():
+        np.testing.assert_allclose(flat(gb)[k], v, rtol=2e-3, atol=2e-5, err_msg=str(k))
+    for shape in ((2, 64, 64, 5), (1, 33, 31, 2)):  # even and odd sides (SAME padding)
+        y = jax.random.normal(jax.random.key(2), shape)
+        ref = flax.linen.max_pool(y, (3, 3), (2, 2), padding="SAME")
+        np.testing.assert_array_equal(max_pool_3x3_s2(y), ref)
+        g = jax.grad(lambda y: jnp.sum(max_pool_3x3_s2(y) * ref))(y)
+        g_ref = jax.grad(lambda y: jnp.sum(flax.linen.max_pool(y, (3, 3), (2, 2), "SAME") * ref))
+        np.testing.assert_allclose(g, g_ref(y), rtol=1e-6)
+    with pytest.raises(ValueError, match="model.stem"):
+        resnet("resnet_tiny", stem="patchify")

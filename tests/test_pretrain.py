@@ -79,3 +79,55 @@ def test_teacher_loss_same_with_view_chunks(smoke_data_dir, method):
         losses.append((float(loss[0]), np.asarray(aux["per_sample"][0])))
     np.testing.assert_allclose(losses[1][0], losses[0][0], rtol=1e-5)
     np.testing.assert_allclose(losses[1][1], losses[0][1], rtol=1e-5, atol=1e-6)
+
+
+def _one_step_loss(cfg, views):
+    """(loss, per-sample losses, aux) of the teacher loss on one device."""
+    model = pretrain.teacher_model(cfg)
+    opt = pretrain.make_optimizer(cfg.optim, 10)
+    state = pretrain.init_state(cfg, model, views[:1], 4, opt)
+    batch = {"views": views, "index": np.arange(4), "label": np.zeros(4, np.int32)}
+    loss_fn = pretrain.make_loss_fn(cfg, model, 12)
+    one_device = jax.pmap(lambda p, s, b: loss_fn(p, s, b, jax.random.key(1), {}), "data")
+    lead = lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x)[None], t)
+    loss, (_, aux) = one_device(*lead((state.params, state, batch)))
+    return float(loss[0]), np.asarray(aux["per_sample"][0]), aux, state
+
+
+def test_teacher_loss_same_with_rows_augmentation():
+    # augment.impl="rows" (one gather of whole pixels from the uint8 views, the GPU config's
+    # candidate) draws and resamples exactly as "map_coordinates".
+    out = []
+    for impl in ("map_coordinates", "rows"):
+        cfg = smoke_config("pretrain", "unused", **{"augment.impl": impl})
+        res = cfg.dataset.render.resolution
+        views = np.random.default_rng(0).integers(0, 255, (4, 12, res, res, 3), dtype=np.uint8)
+        out.append(_one_step_loss(cfg, views)[:2])
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5)
+    np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_batchnorm_keeps_running_statistics():
+    # model.norm="batch" (statistics averaged over the data axis): the step runs, and the new
+    # running statistics come back in aux for post_update to store in state.extra.
+    cfg = smoke_config("pretrain", "unused", **{"model.norm": "batch"})
+    cfg.model.axis_name = "data"
+    res = cfg.dataset.render.resolution
+    views = np.random.default_rng(0).integers(0, 255, (4, 12, res, res, 3), dtype=np.uint8)
+    loss, _, aux, state = _one_step_loss(cfg, views)
+    assert np.isfinite(loss) and "batch_stats" in state.extra
+    new = jax.tree_util.tree_leaves(aux["batch_stats"])
+    old = jax.tree_util.tree_leaves(state.extra["batch_stats"])
+    assert len(new) == len(old) and any(not np.allclose(a[0], b) for a, b in zip(new, old))
+    # The whole step (make_step + post_update) stores them.
+    from sb3dr_jax.train import data_parallel, make_step
+
+    dp = data_parallel("pmap", jax.devices()[:1])
+    model, opt = pretrain.teacher_model(cfg), pretrain.make_optimizer(cfg.optim, 10)
+    step = dp.step(make_step(pretrain.make_loss_fn(cfg, model, 12), opt,
+                             post_update=pretrain.make_post_update(cfg, 10, 4)))  # fmt: skip
+    batch = {"views": views[None], "index": np.arange(4)[None], "label": np.zeros((1, 4), np.int32)}
+    new_state, _ = step(dp.replicate(state), batch, jax.random.key(1), {})
+    stored = [np.asarray(a[0]) for a in jax.tree_util.tree_leaves(new_state.extra["batch_stats"])]
+    assert all(np.all(np.isfinite(a)) for a in stored)
+    assert any(not np.allclose(a, b) for a, b in zip(stored, old))  # updated, not the initial

@@ -30,12 +30,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             hidden=256,
             conv_impl="auto",  # as in the teacher config
             chunk=8,  # sketches per backbone call: independent chains for the CPU threads
+            # The 7x7 stem (96 px and up) and its max-pool: "conv"/"window", or "s2d"/"slices"
+            # (the same maths in fewer, faster GPU kernels; models/resnet.py).
+            stem="conv",
+            pool="window",
         )
     )
     c.init_from_teacher = True
     c.online_teacher = "online_teacher" in a
     c.class_balanced = "balanced" in a
     c.augment = True
+    c.augment_impl = "map_coordinates"  # or "rows" (train/augment.py)
     c.loss = ml_collections.ConfigDict(
         dict(
             w_cen=1.0,

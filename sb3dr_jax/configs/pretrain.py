@@ -35,6 +35,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             view_chunk=16 if backbone == "resnet_tiny" else 0,
             # "auto": oneDNN convolutions on CPU when they build (kernels/onednn.py), else XLA's.
             conv_impl="auto",
+            # The 7x7 stem (96 px and up) and its max-pool: "conv"/"window", or "s2d"/"slices"
+            # (the same maths in fewer, faster GPU kernels; models/resnet.py).
+            stem="conv",
+            pool="window",
         )
     )
     c.ssl = ml_collections.ConfigDict(
@@ -43,7 +47,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.longtail = ml_collections.ConfigDict(
         dict(method=a.get("longtail", "bcl"), beta=0.97, strength=1.0, prune_ratio=0.7)
     )
-    c.augment = ml_collections.ConfigDict(dict(min_scale=0.6, max_rot_deg=10.0))
+    # impl: the resampling kernel, "map_coordinates" (one gather per channel) or "rows" (one
+    # gather of whole pixels from the uint8 views, output in model.dtype; train/augment.py).
+    c.augment = ml_collections.ConfigDict(
+        dict(min_scale=0.6, max_rot_deg=10.0, impl="map_coordinates")
+    )
     c.optim = ml_collections.ConfigDict(
         dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=30, grad_clip=1.0)
     )
@@ -64,6 +72,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             pred_hidden=4096,
             view_chunk=0,  # accelerators want the whole batch in one call
             conv_impl="xla",
+            # The 7x7 stem on a space-to-depth input: the same maths, 1.13x the teacher
+            # step on one H200 (benchmarks/README.md, "On an accelerator").
+            stem="s2d",
         )
         c.dataset.render.resolution = 128
         c.dataset.sketch_size = 128

@@ -42,7 +42,9 @@ __all__ = [
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # Plain JSON-able keyword arguments each registered model accepts (a saved config rebuilds it).
-_BACKBONE_KW = {"backbone", "num_filters", "norm", "groups", "dtype", "axis_name", "conv_impl"}
+_BACKBONE_KW = {
+    "backbone", "num_filters", "norm", "groups", "dtype", "axis_name", "conv_impl", "stem", "pool",
+}  # fmt: skip
 MODEL_KWARGS: dict[str, set[str]] = {
     "ssl_teacher": _BACKBONE_KW
     | {"pooling", "proj_hidden", "proj_dim", "pred_hidden", "per_view", "head_norm", "view_chunk"},
@@ -62,6 +64,8 @@ def _backbone(kw: dict[str, Any]) -> ResNet:
         dtype=DTYPES[dtype],
         axis_name=kw.get("axis_name"),
         conv_impl=resolve_conv_impl(kw.get("conv_impl", "xla")),
+        stem=kw.get("stem", "conv"),
+        pool=kw.get("pool", "window"),
     )
 
 

@@ -86,7 +86,7 @@ def chunked(backbone: ResNet, x: jnp.ndarray, chunk: int, train: bool) -> jnp.nd
       [N, F] features.
     """
     n = x.shape[0]
-    if 0 < chunk < n and backbone.norm == "group":
+    if 0 < chunk < n and backbone.norm != "batch":
         return jnp.concatenate(
             [backbone(x[i : i + chunk], train=train) for i in range(0, n, chunk)]
         )

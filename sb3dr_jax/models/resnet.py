@@ -28,7 +28,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-NORMS = ("group", "batch")
+# "group": our GroupNorm (models/norm.py, a hand-written backward that XLA:CPU runs fast);
+# "group_flax": Flax's own (autodiff backward), the same maths and parameters.
+NORMS = ("group", "group_flax", "batch")
+# The ImageNet stem's 7x7/2 convolution ("conv"), or the same convolution on a space-to-depth
+# input ("s2d": `S2DStem`); its max-pool as XLA's reduce_window ("window") or as the max of 9
+# strided slices ("slices": `max_pool_3x3_s2`). Same maths and parameters either way.
+STEMS = ("conv", "s2d")
+POOLS = ("window", "slices")
 BLOCKS = ("basic", "bottleneck")
 CONV_IMPLS = ("xla", "onednn", "auto")
 
@@ -99,9 +106,84 @@ def _norm(
             axis_name=axis_name if train else None,
             scale_init=scale_init,
         )
+    if kind == "group_flax":
+        return nn.GroupNorm(
+            num_groups=num_groups(channels, groups), epsilon=1e-6, dtype=dtype,
+            scale_init=scale_init,
+        )  # fmt: skip
     # Our GroupNorm: Flax's maths and parameter names, with a backward pass XLA:CPU runs ~3-7x
     # faster (models/norm.py).
     return GroupNorm(num_groups=num_groups(channels, groups), dtype=dtype, scale_init=scale_init)
+
+
+class S2DStem(nn.Module):
+    """The stem's 7x7 stride-2 convolution (padding 3, no bias) computed as a 4x4 stride-1
+    convolution of the 2x2 space-to-depth input: the same output and the same `kernel`
+    parameter [7, 7, C, F] (so checkpoints are interchangeable with `nn.Conv`'s).
+
+    Why: with C = 3 (or 1 for sketches) input channels cuDNN pads C to 8 and runs a slow
+    pre-Hopper kernel: on an H200 the stem's forward took 2 ms of a 26 ms teacher step per
+    branch (`benchmarks/README.md`). The space-to-depth input has 4C channels and a stride-1
+    window, which the tensor-core kernels handle well.
+
+    Attributes:
+      features: F.
+      dtype: compute dtype.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """[N, H, W, C] (H, W even) -> [N, H/2, W/2, F]."""
+        n, h, w, c = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"model.stem='s2d': needs even image sides, got {h}x{w}")
+        f = self.features
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (7, 7, c, f), jnp.float32)
+        # [7, 7] taps -> [8, 8] (a zero row and column) -> [4, 4] taps over 2x2 blocks:
+        # block (a, b) of tap (i, j) is the original tap (2i + a, 2j + b).
+        k = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+        k = k.reshape(4, 2, 4, 2, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 4 * c, f)
+        x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))  # the 7x7 conv's padding
+        hp, wp = h + 6, w + 6
+        x = x.reshape(n, hp // 2, 2, wp // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(n, hp // 2, wp // 2, 4 * c)  # channel (a, b, c) = pixel (2y + a, 2x + b)
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype), k.astype(self.dtype), (1, 1), "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+
+
+def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
+    """`nn.max_pool(x, (3, 3), (2, 2), padding="SAME")` as the max of 9 strided slices.
+
+    The same output; the gradient goes to the window's maximum as with `reduce_window` (only
+    exact ties are split differently; after a ReLU, ties at 0 get no gradient either way).
+    Why: XLA:GPU lowers reduce_window's gradient (select-and-scatter) to a scatter, 1.6 ms of
+    a 26 ms teacher step on an H200; the slices' gradient is elementwise and fuses.
+
+    Args:
+      x: [N, H, W, C].
+
+    Returns:
+      [N, ceil(H/2), ceil(W/2), C].
+    """
+    n, h, w, c = x.shape
+    oh, ow = -(-h // 2), -(-w // 2)
+    ph, pw = max(2 * (oh - 1) + 3 - h, 0), max(2 * (ow - 1) + 3 - w, 0)  # SAME padding
+    pad = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+    xp = jnp.pad(x, pad, constant_values=-jnp.inf)
+    out = None
+    for dy in range(3):
+        for dx in range(3):
+            s = jax.lax.slice(
+                xp, (0, dy, dx, 0), (n, dy + 2 * (oh - 1) + 1, dx + 2 * (ow - 1) + 1, c),
+                (1, 2, 2, 1),
+            )  # fmt: skip
+            out = s if out is None else jnp.maximum(out, s)
+    return out
 
 
 class BasicBlock(nn.Module):
@@ -160,6 +242,8 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     # Convolution kernels: XLA's, or oneDNN's through custom calls (CPU; kernels/onednn.py).
     conv_impl: str = "xla"
+    stem: str = "conv"  # STEMS: how the 7x7 stem (96 px and up) is computed
+    pool: str = "window"  # POOLS: how its max-pool is computed
 
     def __post_init__(self):
         # Fail at construction, naming the config field, rather than deep inside tracing.
@@ -167,6 +251,10 @@ class ResNet(nn.Module):
             raise ValueError(f"model.norm: unknown {self.norm!r}; choose from {NORMS}")
         if self.block not in BLOCKS:
             raise ValueError(f"model.block: unknown {self.block!r}; choose from {BLOCKS}")
+        if self.stem not in STEMS:
+            raise ValueError(f"model.stem: unknown {self.stem!r}; choose from {STEMS}")
+        if self.pool not in POOLS:
+            raise ValueError(f"model.pool: unknown {self.pool!r}; choose from {POOLS}")
         if self.conv_impl not in CONV_IMPLS[:2]:
             raise ValueError(
                 f"model.conv_impl: {self.conv_impl!r} (resolve 'auto' with resolve_conv_impl)"
@@ -201,17 +289,23 @@ class ResNet(nn.Module):
         # ImageNet stem (7x7/2 + max-pool) from 96 px up; a strided 3x3 stem at 48-95 px (the
         # CPU configs' 64 px views); full resolution below, where every pixel matters.
         if x.shape[1] >= 96:
-            x = conv(
-                self.num_filters,
-                (7, 7),
-                2,
-                padding=[(3, 3), (3, 3)],
-                use_bias=False,
-                dtype=self.dtype,
-                name="stem",
-            )(x)
+            if self.stem == "s2d":
+                x = S2DStem(self.num_filters, self.dtype, name="stem")(x)
+            else:
+                x = conv(
+                    self.num_filters,
+                    (7, 7),
+                    2,
+                    padding=[(3, 3), (3, 3)],
+                    use_bias=False,
+                    dtype=self.dtype,
+                    name="stem",
+                )(x)
             x = nn.relu(norm(self.num_filters)(x))
-            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+            if self.pool == "slices":
+                x = max_pool_3x3_s2(x)
+            else:
+                x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
         else:
             stride = 2 if x.shape[1] >= 48 else 1
             x = conv(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+RESAMPLE_IMPLS = ("map_coordinates", "rows")
+
 
 def _is_batch_of_keys(rng: jax.Array, n: int, what: str) -> bool:
     """True for [n] per-item keys, False for one key; anything else is an error."""
@@ -55,6 +57,38 @@ def _affine_resample(img: jnp.ndarray, mat: jnp.ndarray, shift: jnp.ndarray) -> 
     return jax.vmap(sample, in_axes=2, out_axes=2)(img)
 
 
+def _affine_resample_rows(img: jnp.ndarray, mat: jnp.ndarray, shift: jnp.ndarray,
+                          scale: float = 1.0) -> jnp.ndarray:  # fmt: skip
+    """`_affine_resample` (the same bilinear weights and zero fill) with one gather of whole
+    pixels [C] per corner instead of one `map_coordinates` gather per channel, in float32.
+
+    Why: on a GPU each per-channel gather is its own pass over scattered addresses; gathering
+    the C channels of a pixel together reads them in one go. `img` may be uint8 (`scale` =
+    1/255 then normalises after the interpolation, so the uint8 views are read as bytes).
+
+    Returns:
+      [H, W, C] float32.
+    """
+    h, w = img.shape[:2]
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij"
+    )  # [H, W] each
+    src_y = mat[0, 0] * yy + mat[0, 1] * xx + cy + shift[0]
+    src_x = mat[1, 0] * yy + mat[1, 1] * xx + cx + shift[1]
+    y0, x0 = jnp.floor(src_y), jnp.floor(src_x)
+    wy, wx = src_y - y0, src_x - x0  # weights of the upper corners, as map_coordinates has them
+    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+    out = jnp.zeros((h, w, img.shape[2]), jnp.float32)
+    for dy, fy in ((0, 1 - wy), (1, wy)):
+        for dx, fx in ((0, 1 - wx), (1, wx)):
+            yi, xi = y0 + dy, x0 + dx
+            valid = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+            v = img[jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1)].astype(jnp.float32)
+            out = out + jnp.where(valid, fy * fx, 0.0)[..., None] * v  # [H, W, C]
+    return out * scale if scale != 1.0 else out
+
+
 def _random_affine(key, strength, *, min_scale, max_rot_deg, max_shift, flip: bool):
     """One random affine map (mat [2, 2], shift [2]); `strength` in [0, 1] widens the ranges.
 
@@ -88,7 +122,8 @@ def _check_ranges(min_scale: float, max_strength: float, what: str) -> None:
         )
 
 
-def _resample_each(affine, keys: jax.Array, images: jnp.ndarray, *args, chunk: int = 0):
+def _resample_each(affine, keys: jax.Array, images: jnp.ndarray, *args, chunk: int = 0,
+                   impl: str = "map_coordinates", dtype=None):  # fmt: skip
     """Resamples every image i through `affine(keys[i], *(a[i] for a in args))`.
 
     Args:
@@ -100,10 +135,19 @@ def _resample_each(affine, keys: jax.Array, images: jnp.ndarray, *args, chunk: i
         same size then reads each call's output straight (XLA drops the slice of the
         concatenation), so on CPU each chunk's resampling gather runs beside the other chunks'
         convolutions instead of all of them in one single-threaded loop before the first.
+      impl: "map_coordinates" (one gather per channel; the CPU configs') or "rows" (one gather
+        of whole pixels per corner, `_affine_resample_rows`; uint8 images are normalised to
+        [0, 1] after the interpolation).
+      dtype: the output dtype (None: the images', float32 for uint8 images).
 
     Returns:
-      [N, H, W, C] resampled images, same dtype.
+      [N, H, W, C] resampled images.
     """
+    if impl not in RESAMPLE_IMPLS:
+        raise ValueError(f"augment.impl: unknown {impl!r}; choose from {RESAMPLE_IMPLS}")
+    if images.dtype == jnp.uint8 and impl == "map_coordinates":
+        images = images.astype(jnp.float32) * (1.0 / 255.0)
+    dtype = dtype or (jnp.float32 if images.dtype == jnp.uint8 else images.dtype)
     n = images.shape[0]
     if 0 < chunk < n:
         parts = [
@@ -112,16 +156,21 @@ def _resample_each(affine, keys: jax.Array, images: jnp.ndarray, *args, chunk: i
                 keys[i : i + chunk],
                 images[i : i + chunk],
                 *(a[i : i + chunk] for a in args),
+                impl=impl,
+                dtype=dtype,
             )
             for i in range(0, n, chunk)
         ]
         return jnp.concatenate(parts)
+    scale = 1.0 / 255.0 if images.dtype == jnp.uint8 else 1.0
 
     def one(key, img, *a):  # img [H, W, C]
         mat, shift = affine(key, *a)
+        if impl == "rows":
+            return _affine_resample_rows(img, mat, shift, scale).astype(dtype)
         return _affine_resample(img.astype(jnp.float32), mat, shift)
 
-    return jax.vmap(one)(keys, images, *args).astype(images.dtype)
+    return jax.vmap(one)(keys, images, *args).astype(dtype)
 
 
 def view_keys(rng: jax.Array, b: int, k: int) -> jax.Array:
@@ -151,19 +200,22 @@ def augment_images(
     max_rot_deg: float = 10.0,
     max_strength: float = 1.0,
     chunk: int = 0,
+    impl: str = "map_coordinates",
+    dtype=None,
 ) -> jnp.ndarray:
     """`augment_views`' resized crop + flip + rotation, one key and strength per image.
 
     Args:
       keys: [N] keys (from `view_keys`, flattened or rearranged with the images).
-      images: [N, H, W, C] floats in [0, 1].
+      images: [N, H, W, C] floats in [0, 1], or uint8 (normalised to [0, 1] here).
       strength: [N] augmentation strength; clipped to [0, max_strength].
       min_scale, max_rot_deg, max_strength: as in `augment_views`.
       chunk: > 0: augment `chunk` images per call, for a backbone that runs on chunks of the
         same size (`_resample_each` says why).
+      impl, dtype: the resampling kernel and the output dtype (`_resample_each`).
 
     Returns:
-      [N, H, W, C] augmented images, same dtype, values in [0, 1].
+      [N, H, W, C] augmented images, values in [0, 1].
     """
     if images.ndim != 4 or strength.shape != images.shape[:1]:
         raise ValueError(
@@ -179,7 +231,7 @@ def augment_images(
             key, s, min_scale=min_scale, max_rot_deg=max_rot_deg, max_shift=h / 2.0, flip=True
         )
 
-    return _resample_each(affine, keys, images, st, chunk=chunk)
+    return _resample_each(affine, keys, images, st, chunk=chunk, impl=impl, dtype=dtype)
 
 
 def augment_views(
@@ -231,6 +283,8 @@ def augment_sketches(
     max_rot_deg: float = 8.0,
     flip: bool = True,
     chunk: int = 0,
+    impl: str = "map_coordinates",
+    dtype=None,
 ) -> jnp.ndarray:
     """Mild affine jitter for sketches: small crop/zoom, shift, rotation and optional flip.
 
@@ -244,9 +298,11 @@ def augment_sketches(
       flip: random horizontal flips.
       chunk: > 0: `chunk` sketches per call, matching the student's backbone chunks (see
         `augment_images`).
+      impl, dtype: the resampling kernel and the output dtype (`_resample_each`; uint8
+        sketches are normalised to [0, 1]).
 
     Returns:
-      [B, S, S, 1] augmented sketches, same dtype.
+      [B, S, S, 1] augmented sketches.
     """
     if images.ndim != 4:
         raise ValueError(f"augment_sketches: images must be [B, S, S, C], got {images.shape}")
@@ -263,7 +319,7 @@ def augment_sketches(
             flip=flip,
         )
 
-    return _resample_each(affine, keys, images, chunk=chunk)
+    return _resample_each(affine, keys, images, chunk=chunk, impl=impl, dtype=dtype)
 
 
 def bcl_strength(rng: jax.Array, weights: jnp.ndarray, s: float = 1.0) -> jnp.ndarray:
