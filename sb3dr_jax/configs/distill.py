@@ -2,7 +2,8 @@
 
 Args (comma-separated): `smoke`, `dataset=<...>` (default: the teacher's dataset),
 `no_kd` (enhanced triplet only), `plain_triplet` (cross-modal triplet only: no KD, no enhanced
-terms), `balanced` (class-balanced sketch sampling), `online_teacher`, `gpu`.
+terms), `balanced` (class-balanced sketch sampling), `online_teacher`, `gpu`,
+`val[=fraction]` (hold out a validation split of the training sketches, default 0.2).
 """
 
 from __future__ import annotations
@@ -35,7 +36,27 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init_from_teacher = True
     c.online_teacher = "online_teacher" in a
     c.class_balanced = "balanced" in a
+    # Which training sketches and in what batches (`sb3dr_jax/data/sketch_sampling.py`).
+    # val_fraction > 0 holds out that share of each class's training sketches (val_seed fixes
+    # which) and reports `eval/sketch_val/*`: the split to tune on, never the test queries.
+    # sampler: "shuffle" | "balanced" | "pk" (P classes x pk_k sketches per batch).
+    c.sketch_data = ml_collections.ConfigDict(
+        dict(sampler="shuffle", pk_k=4, val_fraction=0.0, val_seed=0)
+    )
     c.augment = True
+    # `augment_sketches` settings: affine jitter; elastic (pixels) and erase (squares) add
+    # stroke-level variation.
+    c.sketch_aug = ml_collections.ConfigDict(
+        dict(
+            min_scale=0.85,
+            max_rot_deg=8.0,
+            flip=True,
+            elastic=0.0,
+            elastic_grid=4,
+            erase=0,
+            erase_frac=0.2,
+        )
+    )
     c.loss = ml_collections.ConfigDict(
         dict(
             w_cen=1.0,
@@ -52,6 +73,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             nu=0.1,
         )
     )
+    if "val" in a:
+        c.sketch_data.val_fraction = float(a["val"] or 0.2)
     if "no_kd" in a or "plain_triplet" in a:
         c.loss.update(w_cen=0.0, w_rel=0.0, w_kl=0.0)
     if "plain_triplet" in a:
