@@ -3,7 +3,9 @@
 Args (comma-separated): `smoke`, `dataset=<...>` (default: the teacher's dataset),
 `no_kd` (enhanced triplet only), `plain_triplet` (cross-modal triplet only: no KD, no enhanced
 terms), `balanced` (class-balanced sketch sampling), `online_teacher`, `gpu`,
-`val[=fraction]` (hold out a validation split of the training sketches, default 0.2).
+`val[=fraction]` (hold out a validation split of the training sketches, default 0.2),
+`pkaug` (P x K sampling, elastic/erase sketch augmentation, full-weight centre soft-label KD,
+batch 64 x 2000 steps: the qd90 recipe of docs/retrieval_diagnosis.md).
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             nu=0.1,
         )
     )
+    if "pkaug" in a:
+        # The recipe validated on qd90-psb-dev (docs/retrieval_diagnosis.md): P x K batches (every
+        # anchor has in-batch positives), elastic + erased-square sketch augmentation (without
+        # it the student memorises ~9 sketches per class and stays near chance on new ones),
+        # and the soft-label KD term against the teacher's class centres at full strength:
+        # w_kl = 1 / T^2 undoes Hinton's T^2 factor, which at T = 0.1 shrinks the term 100x.
+        c.sketch_data.sampler = "pk"
+        c.sketch_aug.update(elastic=2.0, erase=2)
+        c.loss.update(kl_target="centre", w_kl=100.0)
+        c.global_batch, c.total_steps = 64, 2000
     if "val" in a:
         c.sketch_data.val_fraction = float(a["val"] or 0.2)
     if "no_kd" in a or "plain_triplet" in a:
