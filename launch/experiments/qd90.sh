@@ -4,6 +4,9 @@
 #
 #   bash launch/experiments/qd90.sh [cpu|gpu]      env: SEEDS="0 1 2"  OUT=workdirs/qd90_<mode>
 #                                                       ABLATIONS=1 (0: teacher + student only)
+#                                                       VAL=0 (0.2: students train on 80% of
+#                                                       the training sketches and also report
+#                                                       eval/sketch_val/*)
 #
 # cpu: resnet_tiny teacher 600 steps (BYOL + BCL, batch 16) + `pkaug` student (batch 64 x 2000
 # steps); teacher + student ~25 CPU-minutes per seed on 2 cores (docs/retrieval_diagnosis.md).
@@ -13,6 +16,7 @@ MODE=${1:-cpu}
 SEEDS=${SEEDS:-0 1 2}
 OUT=${OUT:-workdirs/qd90_$MODE}
 ABLATIONS=${ABLATIONS:-1}
+VAL=${VAL:-0}
 DATASET=${DATASET:-qd90}
 P=sb3dr_jax/configs/pretrain.py
 D=sb3dr_jax/configs/distill.py
@@ -22,6 +26,7 @@ case $MODE in
        S_STEPS=${S_STEPS:-6000} ;;
   *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
 esac
+[[ $VAL != 0 ]] && S_ARG="$S_ARG,val=$VAL"
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 run() { echo "+ $*"; /usr/bin/env time -f "  (wall %e s, user %U s)" "$@"; }
 for s in $SEEDS; do

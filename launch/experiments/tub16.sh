@@ -3,6 +3,7 @@
 #
 #   bash launch/experiments/tub16.sh [cpu|gpu]     env: SEEDS="0 1 2"  OUT=workdirs/tub16_<mode>
 #                                                      ABLATIONS=1 (0: teacher + student only)
+#                                                      VAL=0 (see qd90.sh)
 #
 # cpu: teacher 600 steps + `pkaug` student 1000 steps; teacher + student ~15 CPU-minutes per
 # seed on 2 cores. gpu: the `gpu` configs with longer schedules.
