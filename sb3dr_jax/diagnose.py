@@ -184,7 +184,7 @@ def run(
         embed = jax.jit(lambda v: model.apply({"params": tparams}, v, method="embed")[0])
         raster["stored"] = _zero_shot(embed, table, te_im, te_y, tr_im, tr_y, chans, nc, thr)
         raster["stored"]["stroke_width"] = float(tconf.dataset.stroke_width)
-        for w in raster_widths:
+        for w in raster_widths if tconf.dataset.root else ():  # strokes live in a source folder
             size = int(meta["sketch_size"])
             kind = tconf.dataset.name if tconf.dataset.name != "shared" else "shared"
             te2 = _rerasterised(builder, tconf.dataset.root, kind, te_ids, w, size)

@@ -1,6 +1,9 @@
 """Retrieval diagnosis: oracle, sketch structure, batch composition (numpy references)."""
 
+import json
+
 import numpy as np
+import pytest
 
 from sb3dr_jax.evals import diagnose as dg
 from sb3dr_jax.evals.metrics import evaluate_retrieval
@@ -59,3 +62,32 @@ def test_teacher_report_and_batch_report():
     b = dg.batch_report(np.repeat(np.arange(40), 3), global_batch=16, pk_k=4, num_batches=50)
     assert b["pk"] == 1.0 and b["shuffle"] < 0.5 and b["num_classes"] == 40
     assert dg.ink_fraction(np.array([[0, 255], [40, 10]], np.uint8)) == 0.5
+
+
+@pytest.mark.slow
+def test_diagnose_run_on_the_smoke_teacher_and_student(teacher_workdir, student_workdir, tmp_path):
+    from sb3dr_jax import diagnose
+
+    out = tmp_path / "d.json"
+    rep = diagnose.run(teacher_workdir, [student_workdir], str(out), global_batch=8, pk_k=2)
+    assert json.loads(out.read_text())["teacher"]["knn_acc"] == rep["teacher"]["knn_acc"]
+    assert rep["batches"]["pk"] == 1.0
+    assert 0.0 <= rep["oracle"]["acc=1"]["mAP"] <= 1.0
+    assert {"mAP", "ink"} <= set(rep["raster"]["stored"])  # zero-shot probe ran
+    assert {"train", "test"} <= set(rep["students"][student_workdir])
+
+
+def test_summarize_reports_mean_and_spread_over_seeds(tmp_path):
+    from launch.experiments import summarize
+
+    for seed, v in enumerate([0.1, 0.3]):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        rows = [{"step": 1, "train/loss": 1.0}, {"step": 2, "eval/sketch_test/mAP": v}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    table = summarize.summarize(
+        {"A": [str(tmp_path / "s0"), str(tmp_path / "s1")]}, ["eval/sketch_test/mAP"]
+    )
+    cell = table["A"]["eval/sketch_test/mAP"]
+    np.testing.assert_allclose([cell["mean"], cell["std"]], [0.2, 0.1])
+    assert "0.200 ± 0.100 (2)" in summarize.markdown(table, ["eval/sketch_test/mAP"])
