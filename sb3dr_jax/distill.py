@@ -36,6 +36,12 @@ def student_model_kwargs(config, embed_dim: int) -> dict:
     return {**config.model.to_dict(), "embed_dim": int(embed_dim)}
 
 
+def sketch_aug_kwargs(config) -> dict:
+    """`augment_sketches` settings from the config's `sketch_aug` block (defaults without it)."""
+    a = config.get("sketch_aug")
+    return {} if a is None else dict(a.to_dict())
+
+
 def make_loss_fn(config, model, teacher=None):
     """Per-device distillation loss: KD terms + enhanced triplet over the global batch.
 
@@ -70,9 +76,14 @@ def make_loss_fn(config, model, teacher=None):
         x = batch["image"] if rows else normalize_uint8(batch["image"])  # [b, S, S, 1]
         if config.augment:
             r_aug = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-            x = augment_sketches(r_aug, x, chunk=int(config.model.get("chunk", 0)),
-                                 impl=config.get("augment_impl", "map_coordinates"),
-                                 dtype=DTYPES[config.model.dtype] if rows else None)  # fmt: skip
+            x = augment_sketches(  # [b] keys
+                r_aug,
+                x,
+                **sketch_aug_kwargs(config),
+                chunk=int(config.model.get("chunk", 0)),
+                impl=config.get("augment_impl", "map_coordinates"),
+                dtype=DTYPES[config.model.dtype] if rows else None,
+            )
         s, _ = model.apply({"params": params}, x)  # [b, E]
         y, t, centres = batch["label"], targets(batch, consts, r_pair), consts["centres"]
         s_all, y_all, t_all = gather(s), gather(y), gather(t)  # global batch [G, ...]
@@ -140,6 +151,79 @@ def _shape_views(builder, ids: list[str]) -> np.ndarray:
     return np.stack([by_id[i] for i in ids])
 
 
+def _train_batches(config, builder):
+    """The training batch iterator, and the validation set (images, labels) or None.
+
+    The streaming tf.data pipeline serves the original recipe (shuffle or `class_balanced`,
+    no validation split); a `sketch_data.sampler` of "pk" or "balanced", or a validation split,
+    holds the (small) training split in memory and picks each batch on the host.
+    """
+    from sb3dr_jax.data import sketch_sampling as ss
+    from sb3dr_jax.data.pipeline import (
+        per_device_batch,
+        sketch_batches,  # tf.data: only where data is read
+    )
+
+    sd = config.get("sketch_data") or ml_collections.ConfigDict(
+        dict(sampler="shuffle", pk_k=4, val_fraction=0.0, val_seed=0)
+    )
+    if sd.sampler not in ss.SAMPLERS:
+        raise ValueError(f"sketch_data.sampler: unknown {sd.sampler!r}; choose from {ss.SAMPLERS}")
+    if sd.sampler == "shuffle" and not sd.val_fraction:
+        batches = sketch_batches(
+            builder,
+            "sketch_train",
+            global_batch=config.global_batch,
+            seed=config.seed,
+            class_balanced=config.class_balanced,
+        )
+        return batches, None
+    images, labels, _ = ss.load_sketch_split(builder, "sketch_train")
+    train_idx, val_idx = ss.carve_validation(labels, float(sd.val_fraction), int(sd.val_seed))
+    pc, d = jax.process_count(), jax.local_device_count()
+    per_device_batch(int(config.global_batch), pc, d)  # the divisibility check, early
+    sampler = "balanced" if sd.sampler == "shuffle" and config.class_balanced else sd.sampler
+    idx = ss.index_batches(
+        labels[train_idx],
+        sampler=sampler,
+        global_batch=int(config.global_batch),
+        seed=int(config.seed),
+        pk_k=int(sd.pk_k),
+    )
+    batches = ss.device_batches(
+        images[train_idx],
+        labels[train_idx],
+        idx,
+        process_index=jax.process_index(),
+        process_count=pc,
+        local_devices=d,
+    )
+    val = (images[val_idx], labels[val_idx]) if len(val_idx) else None
+    return batches, val
+
+
+def evaluate_arrays(model, params, images, labels, index, config) -> dict:
+    """Retrieval summary of in-memory query sketches (the validation split) against `index`."""
+    from sb3dr_jax import evals
+
+    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)[0])
+    b = int(config.eval.global_batch)
+    embs = []
+    for i in range(0, len(images), b):
+        x = images[i : i + b]
+        pad = np.zeros((b - len(x),) + x.shape[1:], x.dtype)
+        embs.append(np.asarray(fn(params, np.concatenate([x, pad])))[: len(x)])
+    return evals.evaluate_retrieval(
+        np.concatenate(embs),
+        labels,
+        index.embeddings,
+        index.labels,
+        class_names=index.class_names,
+        group_thresholds=(int(config.eval.head_min), int(config.eval.tail_max)),
+        num_classes=len(index.class_names),
+    )
+
+
 def resolve_config(config, teacher_config):
     """Takes the teacher's dataset block unless the user chose one."""
     config = ml_collections.ConfigDict(config.to_dict())
@@ -161,7 +245,6 @@ def run(config, workdir: str):
     Raises:
       FileNotFoundError: no teacher checkpoint (the message names the command to run first).
     """
-    from sb3dr_jax.data.pipeline import sketch_batches  # tf.data: only where data is read
     from sb3dr_jax.train.loop import load_config
 
     try:
@@ -197,13 +280,7 @@ def run(config, workdir: str):
     state = jax.device_get(TrainState.create(params, optimizer))
     consts = {k: table[k] for k in ("features", "centres", "members", "counts")}
     teacher = None
-    batches = sketch_batches(
-        builder,
-        "sketch_train",
-        global_batch=config.global_batch,
-        seed=config.seed,
-        class_balanced=config.class_balanced,
-    )
+    batches, val_set = _train_batches(config, builder)
     if config.online_teacher:
         teacher, consts["teacher_params"] = table["model"], table["params"]
         consts["mean"] = table["mean"]
@@ -276,6 +353,13 @@ def run(config, workdir: str):
     )
     scalars = {f"eval/sketch_test/{k}": summary[k] for k in SUMMARY_KEYS}
     scalars.update({f"eval/sketch_test/mAP_{g}": r["mAP"] for g, r in summary["groups"].items()})
+    if val_set is not None:
+        val = evaluate_arrays(model, final.params, *val_set, index, config)
+        summary["val"] = val
+        scalars.update({f"eval/sketch_val/{k}": val[k] for k in SUMMARY_KEYS})
+        scalars.update({f"eval/sketch_val/mAP_{g}": r["mAP"] for g, r in val["groups"].items()})
+        if jax.process_index() == 0:
+            print(f"[distill] sketch_val: mAP={val['mAP']:.4f} NN={val['NN']:.4f}", flush=True)
     write_metrics(workdir, int(config.total_steps), scalars)
     if jax.process_index() == 0:
         print(

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from sb3dr_jax.train.augment import (
+    _affine_resample,
     augment_images,
     augment_sketches,
     augment_views,
     bcl_strength,
+    elastic_field,
+    erase_mask,
     view_keys,
 )
 
@@ -100,6 +103,56 @@ def test_augment_sketches_jitter():
     assert ratio.min() > 0.8 and ratio.max() < 1.0 / 0.85**2 + 0.1
     b = augment_sketches(jax.random.key(0), img, flip=False)
     chex.assert_shape(b, img.shape)
+
+
+def test_elastic_resampling_matches_scipy_and_field_is_smooth_and_seeded():
+    from scipy import ndimage
+
+    img = np.zeros((24, 24, 1), np.float32)
+    img[4:20, 11:13] = 1.0
+    disp = elastic_field(jax.random.key(3), 24, 2.0, grid=4)  # [2, S, S]
+    chex.assert_shape(disp, (2, 24, 24))
+    np.testing.assert_array_equal(disp, elastic_field(jax.random.key(3), 24, 2.0, grid=4))
+    assert not np.allclose(disp, elastic_field(jax.random.key(4), 24, 2.0, grid=4))
+    # Smooth: neighbouring pixels move nearly together.
+    assert float(jnp.abs(jnp.diff(disp, axis=1)).max()) < 2.0
+    out = _affine_resample(jnp.asarray(img), jnp.eye(2), jnp.zeros(2), disp)
+    yy, xx = np.meshgrid(np.arange(24.0), np.arange(24.0), indexing="ij")
+    d = np.asarray(disp)
+    ref = ndimage.map_coordinates(img[..., 0], [yy + d[0], xx + d[1]], order=1, mode="constant")
+    np.testing.assert_allclose(np.asarray(out[..., 0]), ref, atol=1e-5)
+
+
+def test_erase_mask_numpy_reference():
+    key = jax.random.key(0)
+    m = np.asarray(erase_mask(key, 20, 2, 0.25))
+    corners = np.asarray(jax.random.uniform(key, (2, 2)) * (20 - 5))
+    ref = np.ones((20, 20), np.float32)
+    ii = np.arange(20)
+    for y0, x0 in corners:
+        ys = (ii >= y0) & (ii < y0 + 5)
+        xs = (ii >= x0) & (ii < x0 + 5)
+        ref[np.ix_(ys, xs)] = 0.0
+    np.testing.assert_array_equal(m, ref)
+    assert 0 < (m == 0).sum() <= 2 * 25
+
+
+def test_augment_sketches_elastic_and_erase_options():
+    img = jnp.zeros((4, 32, 32, 1)).at[:, 6:26, 15:17].set(1.0)
+    f = jax.jit(lambda k, x: augment_sketches(k, x, elastic=2.0, erase=2, erase_frac=0.25))
+    a = f(jax.random.key(0), img)
+    chex.assert_shape(a, img.shape)
+    np.testing.assert_array_equal(a, f(jax.random.key(0), img))  # deterministic from the key
+    base = augment_sketches(jax.random.key(0), img)
+    assert not np.allclose(a, base)
+    assert float(a.sum()) < float(base.sum()) * 1.2  # erasing removes ink
+    # Per-item keys: an item's result does not depend on the rest of the batch.
+    keys = jax.random.split(jax.random.key(1), 4)
+    full = augment_sketches(keys, img, elastic=2.0, erase=1)
+    part = augment_sketches(keys[2:], img[2:], elastic=2.0, erase=1, chunk=1)
+    np.testing.assert_allclose(full[2:], part, atol=1e-6)
+    with pytest.raises(ValueError, match="elastic"):
+        augment_sketches(jax.random.key(0), img, elastic=-1.0)
 
 
 def test_bcl_strength_probability_and_magnitude():

@@ -136,3 +136,21 @@ def test_a_failing_final_evaluation_keeps_the_export(smoke_data_dir, teacher_wor
             distill.run(cfg, str(tmp_path))
     assert (tmp_path / "export" / "student.json").exists()
     assert (tmp_path / "export" / "index.npz").exists()
+
+
+def test_pk_sampling_with_validation_split_reports_val_metrics(
+    smoke_data_dir, teacher_workdir, tmp_path
+):
+    """`sketch_data`: P x K batches from the training part, `eval/sketch_val/*` from the rest."""
+    cfg = distill_config.get_config("smoke,val=0.5")
+    cfg.dataset.data_dir = smoke_data_dir
+    cfg.teacher_workdir, cfg.total_steps = teacher_workdir, 2
+    cfg.sketch_data.update(sampler="pk", pk_k=2)
+    cfg.sketch_aug.update(elastic=1.5, erase=1)
+    summary = distill.run(cfg, str(tmp_path))
+    assert 0.0 <= summary["val"]["mAP"] <= 1.0
+    rows = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
+    assert any("eval/sketch_val/mAP" in r for r in rows)
+    cfg.sketch_data.sampler = "nope"
+    with pytest.raises(ValueError, match="sketch_data.sampler"):
+        distill.run(cfg, str(tmp_path / "bad"))

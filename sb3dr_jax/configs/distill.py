@@ -2,7 +2,10 @@
 
 Args (comma-separated): `smoke`, `dataset=<...>` (default: the teacher's dataset),
 `no_kd` (enhanced triplet only), `plain_triplet` (cross-modal triplet only: no KD, no enhanced
-terms), `balanced` (class-balanced sketch sampling), `online_teacher`, `gpu`.
+terms), `balanced` (class-balanced sketch sampling), `online_teacher`, `gpu`,
+`val[=fraction]` (hold out a validation split of the training sketches, default 0.2),
+`pkaug` (P x K sampling, elastic/erase sketch augmentation, full-weight centre soft-label KD,
+batch 64 x 2000 steps: the qd90 recipe of docs/retrieval_diagnosis.md).
 """
 
 from __future__ import annotations
@@ -39,8 +42,28 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init_from_teacher = True
     c.online_teacher = "online_teacher" in a
     c.class_balanced = "balanced" in a
+    # Which training sketches and in what batches (`sb3dr_jax/data/sketch_sampling.py`).
+    # val_fraction > 0 holds out that share of each class's training sketches (val_seed fixes
+    # which) and reports `eval/sketch_val/*`: the split to tune on, never the test queries.
+    # sampler: "shuffle" | "balanced" | "pk" (P classes x pk_k sketches per batch).
+    c.sketch_data = ml_collections.ConfigDict(
+        dict(sampler="shuffle", pk_k=4, val_fraction=0.0, val_seed=0)
+    )
     c.augment = True
     c.augment_impl = "map_coordinates"  # or "rows" (train/augment.py)
+    # `augment_sketches` settings: affine jitter; elastic (pixels) and erase (squares) add
+    # stroke-level variation.
+    c.sketch_aug = ml_collections.ConfigDict(
+        dict(
+            min_scale=0.85,
+            max_rot_deg=8.0,
+            flip=True,
+            elastic=0.0,
+            elastic_grid=4,
+            erase=0,
+            erase_frac=0.2,
+        )
+    )
     c.loss = ml_collections.ConfigDict(
         dict(
             w_cen=1.0,
@@ -57,6 +80,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             nu=0.1,
         )
     )
+    if "pkaug" in a:
+        # The recipe validated on qd90-psb-dev (docs/retrieval_diagnosis.md): P x K batches (every
+        # anchor has in-batch positives), elastic + erased-square sketch augmentation (without
+        # it the student memorises ~9 sketches per class and stays near chance on new ones),
+        # and the soft-label KD term against the teacher's class centres at full strength:
+        # w_kl = 1 / T^2 undoes Hinton's T^2 factor, which at T = 0.1 shrinks the term 100x.
+        c.sketch_data.sampler = "pk"
+        c.sketch_aug.update(elastic=2.0, erase=2)
+        c.loss.update(kl_target="centre", w_kl=100.0)
+        c.global_batch, c.total_steps = 64, 2000
+    if "val" in a:
+        c.sketch_data.val_fraction = float(a["val"] or 0.2)
     if "no_kd" in a or "plain_triplet" in a:
         c.loss.update(w_cen=0.0, w_rel=0.0, w_kl=0.0)
     if "plain_triplet" in a:

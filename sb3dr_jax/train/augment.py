@@ -37,11 +37,14 @@ def _item_keys(rng: jax.Array, n: int, what: str) -> jax.Array:
     return rng if _is_batch_of_keys(rng, n, what) else jax.random.split(rng, n)
 
 
-def _affine_resample(img: jnp.ndarray, mat: jnp.ndarray, shift: jnp.ndarray) -> jnp.ndarray:
-    """Samples img [H, W, C] at mat @ (y, x) + shift around the centre (bilinear, zero fill).
+def _affine_resample(
+    img: jnp.ndarray, mat: jnp.ndarray, shift: jnp.ndarray, disp: jnp.ndarray | None = None
+) -> jnp.ndarray:
+    """Samples img [H, W, C] at mat @ (y, x) + shift (+ disp) around the centre (bilinear, 0 fill).
 
     `mat` maps output pixel offsets from the centre to source offsets, so a scale < 1 zooms in
-    (a crop of that side fraction, resized back to H x W).
+    (a crop of that side fraction, resized back to H x W). `disp` [2, H, W] adds a per-pixel
+    source offset (an elastic deformation), in pixels.
     """
     h, w = img.shape[:2]
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
@@ -50,6 +53,8 @@ def _affine_resample(img: jnp.ndarray, mat: jnp.ndarray, shift: jnp.ndarray) -> 
     )  # [H, W] each
     src_y = mat[0, 0] * yy + mat[0, 1] * xx + cy + shift[0]
     src_x = mat[1, 0] * yy + mat[1, 1] * xx + cx + shift[1]
+    if disp is not None:
+        src_y, src_x = src_y + disp[0], src_x + disp[1]
 
     def sample(ch):  # [H, W] -> [H, W]
         return jax.scipy.ndimage.map_coordinates(ch, [src_y, src_x], order=1, mode="constant")
@@ -275,6 +280,41 @@ def augment_views(
     return out.reshape(views.shape)
 
 
+def elastic_field(key: jax.Array, size: int, alpha: float, grid: int = 4) -> jnp.ndarray:
+    """A smooth random displacement field [2, size, size] in pixels (elastic deformation).
+
+    Standard-normal offsets on a coarse `grid` x `grid` lattice, upsampled bilinearly to the
+    image (so neighbouring pixels move together and strokes bend instead of breaking), times
+    `alpha` pixels.
+
+    Args:
+      key: PRNG key.
+      size: image side S.
+      alpha: displacement scale in pixels (0: no deformation).
+      grid: lattice side; smaller = smoother.
+
+    Returns:
+      [2, S, S] float32 (y, x) offsets.
+    """
+    coarse = jax.random.normal(key, (2, grid, grid), jnp.float32)
+    return alpha * jax.image.resize(coarse, (2, size, size), "linear")
+
+
+def erase_mask(key: jax.Array, size: int, num: int, frac: float) -> jnp.ndarray:
+    """[S, S] float mask, 0 inside `num` random squares of side `frac` * S, 1 elsewhere.
+
+    On a line drawing this drops pieces of strokes (a raster stand-in for stroke dropout): the
+    rest of the drawing must still name the class.
+    """
+    side = jnp.maximum(jnp.round(frac * size), 1.0)
+    corners = jax.random.uniform(key, (num, 2)) * (size - side)  # [num, 2] top-left (y, x)
+    ii = jnp.arange(size, dtype=jnp.float32)
+    inside_y = (ii[None] >= corners[:, :1]) & (ii[None] < corners[:, :1] + side)  # [num, S]
+    inside_x = (ii[None] >= corners[:, 1:]) & (ii[None] < corners[:, 1:] + side)
+    hole = (inside_y[:, :, None] & inside_x[:, None, :]).any(0)  # [S, S]
+    return jnp.where(hole, 0.0, 1.0)
+
+
 def augment_sketches(
     rng: jax.Array,
     images: jnp.ndarray,
@@ -282,13 +322,20 @@ def augment_sketches(
     min_scale: float = 0.85,
     max_rot_deg: float = 8.0,
     flip: bool = True,
+    elastic: float = 0.0,
+    elastic_grid: int = 4,
+    erase: int = 0,
+    erase_frac: float = 0.2,
     chunk: int = 0,
     impl: str = "map_coordinates",
     dtype=None,
 ) -> jnp.ndarray:
-    """Mild affine jitter for sketches: small crop/zoom, shift, rotation and optional flip.
+    """Sketch augmentation: affine jitter (crop/zoom, shift, rotation, flip), optionally an
+    elastic deformation and erased squares.
 
     Mirrored sketches are still sketches of the same class, so flipping is on by default.
+    `elastic` and `erase` are off by default (the original recipe); with them each sketch gets
+    its own random deformation and holes, drawn from its key alone.
 
     Args:
       rng: one PRNG key, or [B] keys (one per sketch).
@@ -296,6 +343,10 @@ def augment_sketches(
       min_scale: smallest crop side fraction.
       max_rot_deg: rotation range at the fixed mid strength (scaled by 1.0).
       flip: random horizontal flips.
+      elastic: elastic displacement scale in pixels (`elastic_field`); 0: none.
+      elastic_grid: the elastic field's coarse lattice side.
+      erase: number of squares erased per sketch (`erase_mask`); 0: none.
+      erase_frac: their side as a fraction of S.
       chunk: > 0: `chunk` sketches per call, matching the student's backbone chunks (see
         `augment_images`).
       impl, dtype: the resampling kernel and the output dtype (`_resample_each`; uint8
@@ -307,7 +358,13 @@ def augment_sketches(
     if images.ndim != 4:
         raise ValueError(f"augment_sketches: images must be [B, S, S, C], got {images.shape}")
     _check_ranges(min_scale, 0.5, "augment_sketches")
+    if elastic < 0 or erase < 0 or not 0.0 < erase_frac < 1.0 or elastic_grid < 2:
+        raise ValueError(
+            f"augment_sketches: need elastic >= 0 ({elastic}), erase >= 0 ({erase}), "
+            f"0 < erase_frac < 1 ({erase_frac}), elastic_grid >= 2 ({elastic_grid})"
+        )
     keys = _item_keys(rng, images.shape[0], "augment_sketches")
+    size = images.shape[1]
 
     def affine(key):
         return _random_affine(
@@ -319,7 +376,30 @@ def augment_sketches(
             flip=flip,
         )
 
-    return _resample_each(affine, keys, images, chunk=chunk, impl=impl, dtype=dtype)
+    if not elastic and not erase:  # the original recipe, draw for draw
+        return _resample_each(affine, keys, images, chunk=chunk, impl=impl, dtype=dtype)
+    if impl != "map_coordinates" or dtype is not None:
+        raise ValueError(
+            "augment_sketches: elastic/erase run on the map_coordinates kernel only "
+            f"(augment_impl={impl!r})"
+        )
+
+    def one(key, img):  # img [S, S, C]
+        k_aff, k_el, k_er = jax.random.split(key, 3)
+        mat, shift = affine(k_aff)
+        disp = elastic_field(k_el, size, elastic, elastic_grid) if elastic else None
+        out = _affine_resample(img.astype(jnp.float32), mat, shift, disp)
+        if erase:
+            out = out * erase_mask(k_er, size, erase, erase_frac)[:, :, None]
+        return out
+
+    n = images.shape[0]
+    if 0 < chunk < n:
+        parts = [
+            jax.vmap(one)(keys[i : i + chunk], images[i : i + chunk]) for i in range(0, n, chunk)
+        ]
+        return jnp.concatenate(parts).astype(images.dtype)
+    return jax.vmap(one)(keys, images).astype(images.dtype)
 
 
 def bcl_strength(rng: jax.Array, weights: jnp.ndarray, s: float = 1.0) -> jnp.ndarray:
