@@ -173,7 +173,12 @@ def test_draw_search_view_3d_and_pick_a_benchmark_sketch(browser, server, artifa
     page.wait_for_function("document.getElementById('query-time').textContent.includes('ms')")
     page.wait_for_selector("#results .card")
     assert page.locator("#bench-grid button").count() == 3  # 3 test sketches per smoke class
-    assert ink_pixels(page) > 100  # the picked sketch is shown on the canvas
+    # The picked sketch is shown on the canvas (drawn once its thumbnail has loaded).
+    for _ in range(50):  # polled from here: the page's CSP forbids wait_for_function's eval
+        if ink_pixels(page) > 100:
+            break
+        page.wait_for_timeout(200)
+    assert ink_pixels(page) > 100
     page.screenshot(path=str(artifacts / "benchmark.png"))
 
     # Phone width: one column, nothing wider than the screen.

@@ -201,6 +201,8 @@ function pickBenchmark(s, img) {
   strokes.length = 0;
   state.background = img;
   state.benchmark = { split: s.split, id: s.id };
+  // A lazy thumbnail may still be loading: draw it again once it is there.
+  if (!img.complete) img.addEventListener("load", redraw, { once: true });
   redraw();
   search();
 }
