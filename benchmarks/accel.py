@@ -176,14 +176,13 @@ def distill_parts(batch: int, res: int, overrides: dict, quick: bool):
     """(config, per-device step, host state, host batch, consts) of the `gpu` distill step
     (cached teacher table), as `train_steps.student` builds it."""
     import jax
-    import numpy as np
 
+    from benchmarks.train_steps import student_inputs
     from sb3dr_jax import distill
     from sb3dr_jax.configs import distill as distill_config
     from sb3dr_jax.configs import pretrain as pretrain_config
     from sb3dr_jax.models import build_model, feature_dim
     from sb3dr_jax.train import TrainState, make_optimizer, make_step
-    from sb3dr_jax.train.teacher_cache import class_members
 
     arg = "smoke,gpu" if quick else "gpu"
     tcfg, c = pretrain_config.get_config(arg), distill_config.get_config(arg)
@@ -194,17 +193,8 @@ def distill_parts(batch: int, res: int, overrides: dict, quick: bool):
     _override(c, overrides)
     f = feature_dim(**tcfg.model.to_dict())
     model = build_model("sketch_student", **distill.student_model_kwargs(c, f))
-    opt, rs, n, k = make_optimizer(c.optim, 100), np.random.RandomState(1), 4 * batch, 10
-    labels = np.arange(n) % k
-    feats = rs.randn(n, f).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    members, counts = class_members(labels, k)
-    consts = {"features": feats, "centres": feats[:k], "members": members, "counts": counts}
-    host = {
-        "image": rs.randint(0, 255, (batch, res, res, 1)).astype(np.uint8),
-        "label": (np.arange(batch) % k).astype(np.int32),
-        "index": np.arange(batch, dtype=np.int32),
-    }
+    opt = make_optimizer(c.optim, 100)
+    consts, host, _ = student_inputs(f, batch, res)
     params = model.init(jax.random.key(0), host["image"][:1])["params"]
     state = jax.device_get(TrainState.create(params, opt))
     return c, make_step(distill.make_loss_fn(c, model), opt), state, host, consts

@@ -63,23 +63,34 @@ def teacher(dp, batch_size: int, res: int, iters: int) -> dict:
             "views_per_s": batch_size * views / sec}  # fmt: skip
 
 
-def student(dp, batch_size: int, res: int, iters: int, online: bool) -> dict:
-    """Distill step throughput (cached table or online teacher) for one global batch size."""
-    tcfg = pretrain_config.get_config(_config_arg(res))
-    cfg = distill_config.get_config(_config_arg(res))
-    f = feature_dim(**tcfg.model.to_dict())
-    model = build_model("sketch_student", **distill.student_model_kwargs(cfg, f))
-    opt, rs, n = make_optimizer(cfg.optim, 100), np.random.RandomState(1), 4 * batch_size
-    labels = np.arange(n) % K
+def student_inputs(f: int, batch_size: int, res: int, seed: int = 1):
+    """Synthetic distill inputs: a cached teacher table of 4 x `batch_size` random unit
+    features [n, f] over K classes, and one batch of random uint8 sketches [b, res, res, 1].
+
+    Returns:
+      (consts, batch, rs): host dicts, and the RandomState for any further draws.
+    """
+    rs, n = np.random.RandomState(seed), 4 * batch_size
     feats = rs.randn(n, f).astype(np.float32)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    members, counts = class_members(labels, K)
+    members, counts = class_members(np.arange(n) % K, K)
     consts = {"features": feats, "centres": feats[:K], "members": members, "counts": counts}
     batch = {
         "image": rs.randint(0, 255, (batch_size, res, res, 1)).astype(np.uint8),
         "label": (np.arange(batch_size) % K).astype(np.int32),
         "index": np.arange(batch_size, dtype=np.int32),
     }
+    return consts, batch, rs
+
+
+def student(dp, batch_size: int, res: int, iters: int, online: bool) -> dict:
+    """Distill step throughput (cached table or online teacher) for one global batch size."""
+    tcfg = pretrain_config.get_config(_config_arg(res))
+    cfg = distill_config.get_config(_config_arg(res))
+    f = feature_dim(**tcfg.model.to_dict())
+    model = build_model("sketch_student", **distill.student_model_kwargs(cfg, f))
+    opt = make_optimizer(cfg.optim, 100)
+    consts, batch, rs = student_inputs(f, batch_size, res)
     teacher_model = None
     if online:  # the host supplies the paired shapes' views; the frozen teacher runs in step
         teacher_model = pretrain.teacher_model(tcfg)

@@ -37,6 +37,17 @@ def _item_keys(rng: jax.Array, n: int, what: str) -> jax.Array:
     return rng if _is_batch_of_keys(rng, n, what) else jax.random.split(rng, n)
 
 
+def _source_coords(h: int, w: int, mat: jnp.ndarray, shift: jnp.ndarray):
+    """Source (y, x) [H, W] each of every output pixel: mat @ (offset from the centre) + shift."""
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij"
+    )  # [H, W] each
+    src_y = mat[0, 0] * yy + mat[0, 1] * xx + cy + shift[0]
+    src_x = mat[1, 0] * yy + mat[1, 1] * xx + cx + shift[1]
+    return src_y, src_x
+
+
 def _affine_resample(
     img: jnp.ndarray, mat: jnp.ndarray, shift: jnp.ndarray, disp: jnp.ndarray | None = None
 ) -> jnp.ndarray:
@@ -47,12 +58,7 @@ def _affine_resample(
     source offset (an elastic deformation), in pixels.
     """
     h, w = img.shape[:2]
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy, xx = jnp.meshgrid(
-        jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij"
-    )  # [H, W] each
-    src_y = mat[0, 0] * yy + mat[0, 1] * xx + cy + shift[0]
-    src_x = mat[1, 0] * yy + mat[1, 1] * xx + cx + shift[1]
+    src_y, src_x = _source_coords(h, w, mat, shift)
     if disp is not None:
         src_y, src_x = src_y + disp[0], src_x + disp[1]
 
@@ -75,12 +81,7 @@ def _affine_resample_rows(img: jnp.ndarray, mat: jnp.ndarray, shift: jnp.ndarray
       [H, W, C] float32.
     """
     h, w = img.shape[:2]
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy, xx = jnp.meshgrid(
-        jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij"
-    )  # [H, W] each
-    src_y = mat[0, 0] * yy + mat[0, 1] * xx + cy + shift[0]
-    src_x = mat[1, 0] * yy + mat[1, 1] * xx + cx + shift[1]
+    src_y, src_x = _source_coords(h, w, mat, shift)
     y0, x0 = jnp.floor(src_y), jnp.floor(src_x)
     wy, wx = src_y - y0, src_x - x0  # weights of the upper corners, as map_coordinates has them
     y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
