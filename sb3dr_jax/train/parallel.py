@@ -45,7 +45,10 @@ class DataParallel:
             return tree
         if self.mode == "pmap":
             d = len(self.mesh.local_devices)  # a sub-mesh (tests: 1 of 8 devices) works too
-            return jax.pmap(lambda x: x, devices=self.pmap_devices)(
+            # The step's axis name: the arrays then carry the sharding the step returns, so
+            # the step's second call hits the first call's compilation (without it, a second
+            # trace and compile of the whole step).
+            return jax.pmap(lambda x: x, axis_name=AXIS, devices=self.pmap_devices)(
                 jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * d), tree)
             )
         sharding = NamedSharding(self.mesh, P())
