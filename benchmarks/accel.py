@@ -102,6 +102,8 @@ def _timed(step, sync, quick: bool) -> dict:
     step()  # the second call sees the step's own (donated) outputs
     sync()
     compile_s = time.perf_counter() - t0
+    from benchmarks.timing import time_windows
+
     with _gpu_lock():
         t0 = time.perf_counter()
         for _ in range(2):
@@ -109,13 +111,7 @@ def _timed(step, sync, quick: bool) -> dict:
         sync()
         est = (time.perf_counter() - t0) / 2
         n, windows = (1, 1) if quick else (max(3, min(30, round(0.25 / est))), 5)
-        out = []
-        for _ in range(windows):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                step()
-            sync()
-            out.append((time.perf_counter() - t0) / n)
+        out = time_windows(step, sync, steps=n, windows=windows, warmup=0)
     return {"compile_s": round(compile_s, 2), "s_per_step": min(out),
             "s_windows": [round(x, 5) for x in out], "steps_per_window": n}  # fmt: skip
 

@@ -77,6 +77,26 @@ def ink_pixels(page) -> int:
     )
 
 
+def image_loaded(locator, seconds: float = 10.0) -> bool:
+    """Whether the <img> at `locator` has loaded, polled from here for up to `seconds` (an
+    image starts loading when its element is inserted; the page's CSP forbids
+    wait_for_function's eval)."""
+    for _ in range(int(seconds / 0.2)):
+        if locator.evaluate("img => img.complete && img.naturalWidth > 0"):
+            return True
+        locator.page.wait_for_timeout(200)
+    return False
+
+
+def sign_in(page, user: str, password: str, button: str) -> None:
+    """Opens the login form, fills it and presses `button` (#register or #login)."""
+    page.click("#nav-login")
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.click(button)
+    page.wait_for_selector(f"#who:has-text('{user}')")
+
+
 def draw(page, strokes) -> None:
     """Draws polylines (canvas fractions) with real mouse events."""
     box = page.locator("#sketch").bounding_box()
@@ -140,7 +160,7 @@ def test_draw_search_view_3d_and_pick_a_benchmark_sketch(browser, server, artifa
     cards = page.locator("#results .card")
     assert cards.count() == 12
     assert "ms" in page.inner_text("#query-time")
-    assert cards.first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    assert image_loaded(cards.first.locator("img"))
     page.screenshot(path=str(artifacts / "search.png"))
 
     # The 3D viewer: an orbitable mesh, rendered by WebGL into a non-blank canvas.
@@ -210,16 +230,12 @@ def test_accounts_history_and_a_second_user(browser, server, artifacts):
     page.screenshot(path=str(artifacts / "history.png"))
     item.first.click()
     page.wait_for_selector("#history-results .card >> nth=11")
-    assert page.locator("#history-sketch").evaluate("i => i.complete && i.naturalWidth > 0")
+    assert image_loaded(page.locator("#history-sketch"))
     page.screenshot(path=str(artifacts / "history_detail.png"))
 
     # A second user sees none of it, not even by id.
     other, page2, errors2 = open_app(browser, server)
-    page2.click("#nav-login")
-    page2.fill("#username", "bob")
-    page2.fill("#password", "battery staple")
-    page2.click("#register")
-    page2.wait_for_selector("#who:has-text('bob')")
+    sign_in(page2, "bob", "battery staple", "#register")
     page2.click("#nav-history")
     page2.wait_for_selector("#history-empty:not([hidden])")
     assert page2.locator(".history-item").count() == 0
@@ -228,11 +244,7 @@ def test_accounts_history_and_a_second_user(browser, server, artifacts):
     # Logging in again (after logging out) as alice still finds it; then she deletes it.
     page.click("#logout")
     page.wait_for_selector("#nav-login:not([hidden])")
-    page.click("#nav-login")
-    page.fill("#username", "alice")
-    page.fill("#password", "correct horse")
-    page.click("#login")
-    page.wait_for_selector("#who:has-text('alice')")
+    sign_in(page, "alice", "correct horse", "#login")
     page.click("#nav-history")
     page.locator(f".history-item[data-query-id='{query_id}']").click()
     page.click("#history-delete")
