@@ -60,6 +60,15 @@ def test_distill_config_ablations():
     assert (c.loss.mu, c.loss.nu) == (0, 0)
 
 
+def test_pkaug_recipe_keeps_its_schedule():
+    """`pkaug` is batch 64 x 2000 steps (the validated qd90 recipe); the defaults once overwrote
+    it with 32 x 800 because they were set after the recipe."""
+    c = distill_config.get_config("pkaug")
+    assert (c.global_batch, c.total_steps, c.sketch_data.sampler) == (64, 2000, "pk")
+    c = distill_config.get_config("pkaug,gpu")
+    assert c.global_batch == 256 and c.sketch_data.sampler == "pk"
+
+
 def test_online_teacher_and_class_balanced_sampling_run(smoke_data_dir, teacher_workdir, tmp_path):
     cfg = distill_config.get_config("smoke,online_teacher,balanced")
     cfg.dataset.data_dir = smoke_data_dir

@@ -80,6 +80,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             nu=0.1,
         )
     )
+    # Set before the recipes below, which change them (`pkaug` trains with batch 64 x 2000).
+    c.global_batch = 32
+    c.total_steps = 800
     if "pkaug" in a:
         # The recipe validated on qd90-psb-dev (docs/retrieval_diagnosis.md): P x K batches (every
         # anchor has in-batch positives), elastic + erased-square sketch augmentation (without
@@ -99,8 +102,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(
         dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=30, grad_clip=1.0)
     )
-    c.global_batch = 32
-    c.total_steps = 800
     c.log_every = 10
     c.ckpt_every = 200
     c.keep_ckpts = 3
