@@ -29,6 +29,7 @@ def get_dataset(
     data_dir: str,
     root: str | None = None,
     prepare: bool = True,
+    beam=None,
     **fields,
 ):
     """Returns a (prepared) TFDS builder for a dataset.
@@ -38,6 +39,8 @@ def get_dataset(
       data_dir: where TFDS keeps the records.
       root: the source folder (`manual_dir`) for "shared", "shrec13" and "shrec14".
       prepare: build the records if they are not there yet.
+      beam: a `beam_build.BeamConfig` to build them on Apache Beam (the same records), or None
+        to build in this process.
       **fields: `Sb3drConfig` fields (render settings, sketch size, demo settings, caps).
 
     Returns:
@@ -68,7 +71,7 @@ def get_dataset(
     if name == "demo":
         builder.source_dir = manual_dir
     if prepare and not _is_prepared(builder):
-        _prepare(builder, manual_dir)
+        _prepare(builder, manual_dir, beam)
     return builder
 
 
@@ -76,8 +79,11 @@ def _is_prepared(builder) -> bool:
     return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
 
 
-def _prepare(builder, manual_dir: str) -> None:
-    """Builds the records on process 0; other processes wait at a barrier and then read them."""
+def _prepare(builder, manual_dir: str, beam=None) -> None:
+    """Builds the records on process 0; other processes wait at a barrier and then read them.
+
+    With `beam` (a `beam_build.BeamConfig`) process 0 hands the build to Apache Beam.
+    """
     import tensorflow_datasets as tfds
 
     process_index, process_count = 0, 1
@@ -88,8 +94,14 @@ def _prepare(builder, manual_dir: str) -> None:
     if process_index == 0:
         print(f"[data] building {builder.info.full_name} into {builder.data_dir} ...", flush=True)
         is_demo = getattr(builder, "source_dir", None) is not None
+        beam_kw = {}
+        if beam is not None:
+            beam_kw = dict(beam_options=beam.pipeline_options())
+            builder.use_beam(_beam_results_dir(builder))
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=None if is_demo else manual_dir)
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=None if is_demo else manual_dir, **beam_kw
+            )
         )
         from sb3dr_jax.data.tfds_builders import write_report
 
@@ -105,11 +117,22 @@ def _prepare(builder, manual_dir: str) -> None:
         multihost_utils.sync_global_devices(f"prepare {builder.info.full_name}")
 
 
-def dataset_from_config(cfg) -> object:
+def _beam_results_dir(builder) -> str:
+    """A fresh folder beside the records for a Beam build's report parts (local or gs://)."""
+    from etils import epath
+
+    path = epath.Path(builder.data_dir).parent / f"{epath.Path(builder.data_dir).name}.beam"
+    if path.exists():
+        path.rmtree()
+    return str(path)
+
+
+def dataset_from_config(cfg, *, beam=None) -> object:
     """Returns the prepared TFDS builder described by a config's `dataset` block.
 
     Args:
       cfg: a ConfigDict from `sb3dr_jax.configs.common.dataset_config`.
+      beam: a `beam_build.BeamConfig` to build on Apache Beam, or None (in this process).
 
     Returns:
       The prepared builder.
@@ -136,6 +159,7 @@ def dataset_from_config(cfg) -> object:
         max_shapes=int(cfg.max_shapes),
         max_sketches=int(cfg.max_sketches),
         demo=demo,
+        beam=beam,
     )
 
 

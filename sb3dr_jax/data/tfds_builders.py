@@ -17,6 +17,10 @@ file. A class none of whose target models loaded is reported too, and its sketch
 out of both sketch splits (with a count): there is nothing to retrieve for them. Skipped items,
 and those the layout reader already rejected, are listed in `build_report.json` next to the
 records and summarised in `builder.info.metadata`.
+
+The per-item work (render one mesh, rasterise one sketch, skip a bad item, number the kept
+ones, build the report) lives in `items.py`; the in-process generator here and the Apache Beam
+pipeline (`beam_build.py`, `builder.use_beam`) both call it, and write the same records.
 """
 
 from __future__ import annotations
@@ -30,13 +34,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
+from sb3dr_jax.data import items as items_lib
 from sb3dr_jax.data.demo import build_demo
-from sb3dr_jax.data.errors import DataError
-from sb3dr_jax.data.layouts import DatasetLayout, SketchItem, read_layout
-from sb3dr_jax.data.meshes import load_mesh
-from sb3dr_jax.data.render import RenderConfig, render_views
-from sb3dr_jax.data.sketches import load_sketch, rasterize_strokes, read_quickdraw_ndjson
+from sb3dr_jax.data.layouts import DatasetLayout, read_layout
+from sb3dr_jax.data.render import RenderConfig
 
 SPLITS = ("shapes", "sketch_train", "sketch_test")
 REPORT_FILE = "build_report.json"
@@ -129,7 +132,8 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
     def _log_download_done(self) -> None:
         pass
 
-    def _split_generators(self, dl_manager):
+    def _plan(self, dl_manager) -> dict[str, list]:
+        """Reads the layout, starts the report; returns the non-empty splits' item lists."""
         c: Sb3drConfig = self.builder_config
         layout = self._source_layout(dl_manager)
         shapes = layout.shapes[: c.max_shapes or None]
@@ -141,6 +145,9 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
         ]
         self._shape_counts = [0] * len(layout.classes)
         self._classes = layout.classes
+        self._settings = items_lib.ItemSettings(
+            c.render_config(), c.max_faces, c.sketch_size, c.stroke_width, tuple(layout.classes)
+        )
         self._shapes_done = not shapes  # sketch splits read the shape counts when it is True
         self._finalise_metadata()
         splits = {
@@ -150,16 +157,43 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
         }
         # TFDS refuses empty splits; a split without items (a broken .cla) is left out and
         # already listed in the report.
-        return {k: self._generate_examples(v, layout) for k, v in splits.items() if v}
+        return {k: v for k, v in splits.items() if v}
 
-    def _generate_examples(self, items: list, layout: DatasetLayout):
-        """Yields (key, record) for shape items or sketch items."""
-        if items and isinstance(items[0], SketchItem):
-            return self._sketch_examples(items, layout)
-        return self._shape_examples(items, layout)
+    def _split_generators(self, dl_manager):
+        return {k: self._generate_examples(k, v) for k, v in self._plan(dl_manager).items()}
 
-    def _skip(self, item: str, err: DataError, stage: str) -> None:
-        self._report.append({"item": item, "path": err.path, "reason": err.reason, "stage": stage})
+    def use_beam(self, results_dir: str) -> None:
+        """Makes `download_and_prepare` build the records on Apache Beam (`beam_build`).
+
+        Args:
+          results_dir: where the workers leave the skipped items and class counts for the
+            report (a fresh folder the workers can reach: local, or `gs://` on a cluster).
+        """
+        self._beam_results = results_dir
+        # TFDS passes its Beam pipeline to `_split_generators` only when that method's
+        # signature has a `pipeline` argument, and creating the pipeline imports Beam: so the
+        # Beam variant is chosen per builder, here, and the in-process build never sees it.
+        self._split_generators = self._beam_split_generators
+
+    def _beam_split_generators(self, dl_manager, pipeline):
+        from sb3dr_jax.data import beam_build
+
+        splits = self._plan(dl_manager)
+        self._beam_stages = list(splits)
+        return beam_build.expand_splits(pipeline, splits, self._settings, self._beam_results)
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        """After a Beam build: the report and class counts the workers left, merged."""
+        del pipeline_result  # the workers' results are in files, on any runner
+        from sb3dr_jax.data import beam_build
+
+        counts, dropped = beam_build.read_results(self._beam_results, self._beam_stages)
+        epath.Path(self._beam_results).rmtree()  # read once; a stale copy would only mislead
+        self._shape_counts = counts
+        for stage in self._beam_stages:
+            self._report.extend(
+                items_lib.stage_report(stage, dropped[stage], self._settings, counts)
+            )
         self._finalise_metadata()
 
     def _finalise_metadata(self) -> None:
@@ -176,93 +210,31 @@ class _Sb3drBase(tfds.core.GeneratorBasedBuilder):
             }
         )
 
-    def _shape_examples(self, shapes, layout: DatasetLayout) -> Iterator[tuple[str, dict]]:
-        c: Sb3drConfig = self.builder_config
-        cls = layout.class_index()
-        empty_image = np.zeros((0, c.sketch_size, 1), np.uint8)
-        index = 0
-        for item in shapes:
-            try:
-                views = render_views(load_mesh(item.path, max_faces=c.max_faces), c.render_config())
-            except DataError as e:
-                self._skip(f"model {item.model_id}", e, "shapes")
-                continue
-            self._shape_counts[cls[item.label]] += 1
-            self._finalise_metadata()
-            yield (
-                item.model_id,
-                {
-                    "views": views,
-                    "image": empty_image,
-                    "id": item.model_id,
-                    "label": cls[item.label],
-                    "index": index,
-                },
-            )
-            index += 1
-        for c, n in zip(layout.classes, self._shape_counts):
-            if n == 0:
-                self._report.append(
-                    {
-                        "item": f"class {c}",
-                        "path": None,
-                        "reason": "no target model of this class loaded: its sketches are "
-                        "left out (nothing to retrieve for them)",
-                        "stage": "shapes",
-                    }
-                )
-        self._shapes_done = True
-        self._finalise_metadata()
-
-    def _sketch_examples(self, items: list[SketchItem], layout: DatasetLayout):
-        c: Sb3drConfig = self.builder_config
-        cls = layout.class_index()
-        empty_views = np.zeros((0, c.resolution, c.resolution, len(c.channels)), np.uint8)
-        ndjson: dict[pathlib.Path, dict] = {}
-        if not self._shapes_done:  # TFDS generates the splits in order, shapes first
+    def _generate_examples(self, stage: str, items: list) -> Iterator[tuple[str, dict]]:
+        """Yields (key, record) for one split's items, in list order (in-process build)."""
+        settings = self._settings
+        if stage != "shapes" and not self._shapes_done:  # TFDS generates the splits in order
             raise RuntimeError("sketch splits must be generated after the shapes split")
-        no_target: dict[str, int] = {}  # class -> sketches left out
-        index = 0
-        for item in items:
-            if self._shape_counts[cls[item.label]] == 0:
-                no_target[item.label] = no_target.get(item.label, 0) + 1
+        ndjson: items_lib.NdjsonCache = {}
+        dropped: list[items_lib.Outcome] = []
+        dropped_positions: list[int] = []
+        for position, item in enumerate(items):
+            if stage == "shapes":
+                o = items_lib.shape_outcome(position, item, settings)
+            else:
+                has_target = self._shape_counts[settings.label(item.label)] > 0
+                o = items_lib.sketch_outcome(position, item, settings, has_target, ndjson)
+            if not o.is_record:
+                dropped.append(o)
+                dropped_positions.append(position)
                 continue
-            try:
-                if item.ndjson_key is None:
-                    img = load_sketch(item.path, size=c.sketch_size)
-                else:
-                    if item.path not in ndjson:
-                        ndjson[item.path] = read_quickdraw_ndjson(item.path)
-                    img = rasterize_strokes(
-                        ndjson[item.path][item.ndjson_key]["drawing"],
-                        size=c.sketch_size,
-                        stroke_width=c.stroke_width,
-                        source=f"{item.path}#{item.ndjson_key}",
-                    )
-            except DataError as e:
-                self._skip(f"{item.split} sketch {item.sketch_id}", e, f"sketch_{item.split}")
-                continue
-            yield (
-                item.sketch_id,
-                {
-                    "views": empty_views,
-                    "image": img[..., None],
-                    "id": item.sketch_id,
-                    "label": cls[item.label],
-                    "index": index,
-                },
+            if stage == "shapes":
+                self._shape_counts[o.label] += 1
+            yield items_lib.to_record(
+                o, items_lib.record_index(position, dropped_positions), settings
             )
-            index += 1
-        for c, n in no_target.items():
-            split = items[0].split
-            self._report.append(
-                {
-                    "item": f"{split} sketches of class {c}",
-                    "path": None,
-                    "reason": f"{n} sketches left out: class {c!r} has no target model",
-                    "stage": f"sketch_{split}",
-                }
-            )
+        self._report.extend(items_lib.stage_report(stage, dropped, settings, self._shape_counts))
+        self._shapes_done = self._shapes_done or stage == "shapes"
         self._finalise_metadata()
 
 
