@@ -87,6 +87,7 @@ class BeamConfig:
                 "--runner=DirectRunner",
                 f"--direct_num_workers={self.workers}",
                 "--direct_running_mode=multi_processing",
+                "--default_sdk_harness_log_level=WARNING",  # not a line per worker start-up
                 *flags,
             ]
         opts = PipelineOptions(flags)
