@@ -96,15 +96,9 @@ def _bad_source(root: pathlib.Path) -> dict[str, str]:
     from sb3dr_jax.data.cla import read_cla
     from sb3dr_jax.data.demo import build_demo
 
-    build_demo(
-        root,
-        num_classes=3,
-        max_shapes_per_class=4,
-        imbalance_ratio=2.0,
-        sketches_per_class=(3, 2),
-        sketch_size=32,
-        seed=1,
-    )
+    # 3 classes of 4, 3 and 2 shapes; 3 train and 2 test sketches per class; 32 px sketches.
+    build_demo(root, num_classes=3, max_shapes_per_class=4, imbalance_ratio=2.0, seed=1,
+               sketches_per_class=(3, 2), sketch_size=32)  # fmt: skip
     models = read_cla(root / "classes" / "Model.cla").classes
     trunc = models[0].ids[0]
     text = (root / "models" / f"m{trunc}.off").read_text().splitlines()
