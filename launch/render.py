@@ -9,7 +9,6 @@ python -m launch.render --dataset tub16 --beam --beam_workers 2   # on Apache Be
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -78,12 +77,11 @@ def run(config) -> None:
     print(f"dataset: {info.full_name} in {builder.data_dir}")
     print("splits: " + ", ".join(f"{k}={v.num_examples}" for k, v in info.splits.items()))
     print(f"classes: {len(meta['class_names'])}; shapes per class: {list(meta['shape_counts'])}")
-    print(
-        f"skipped items: {meta['num_skipped']} (report: {os.path.join(builder.data_dir, 'build_report.json')})"
-    )
+    report = f"{builder.data_dir}/build_report.json"  # data_dir may be gs://...
+    print(f"skipped items: {meta['num_skipped']} (report: {report})")
     for item in list(meta["skipped"])[:10]:
         print("  " + json.dumps(dict(item)))
-    path = contact_sheet(builder, os.path.join(builder.data_dir, "contact_sheet.png"))
+    path = contact_sheet(builder, f"{builder.data_dir}/contact_sheet.png")
     print(f"contact sheet: {path}")
 
 

@@ -55,7 +55,8 @@ def get_dataset(
             f"({', '.join(SHORTCUTS)}: the ../shared/data sets, e.g. "
             "`--config sb3dr_jax/configs/pretrain.py:dataset=tub16`)"
         )
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    if "://" not in data_dir:  # gs://... (a Beam build on a cluster) is used as given
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
     if name == "demo":
         config = tb.make_config("demo", **fields)
         manual_dir = os.path.join(data_dir, "demo_src", config.name)
@@ -76,7 +77,9 @@ def get_dataset(
 
 
 def _is_prepared(builder) -> bool:
-    return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+    from etils import epath  # local folders and gs:// alike
+
+    return epath.Path(builder.data_dir, "dataset_info.json").exists()
 
 
 def _prepare(builder, manual_dir: str, beam=None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image, ImageDraw
 
 
@@ -55,5 +56,6 @@ def contact_sheet(
         tiles += sketch_of.get(c, [])[:sketches]
         for j, t in enumerate(tiles):
             sheet.paste(_tile(t, tile), (label_w + j * (tile + 2), y))
-    sheet.save(path)
+    with epath.Path(path).open("wb") as f:  # beside the records, local or gs://
+        sheet.save(f, format="PNG")
     return path

@@ -293,13 +293,12 @@ def write_report(builder: tfds.core.DatasetBuilder) -> str:
       The report's path.
     """
     meta = builder.info.metadata
-    path = os.path.join(builder.data_dir, REPORT_FILE)
+    path = epath.Path(builder.data_dir, REPORT_FILE)  # local or gs://
     report = {
         "dataset": builder.info.full_name,
         "num_skipped": meta.get("num_skipped", 0),
         "skipped": meta.get("skipped", []),
         "splits": {k: v.num_examples for k, v in builder.info.splits.items()},
     }
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    return path
+    path.write_text(json.dumps(report, indent=2))
+    return str(path)
