@@ -1,15 +1,15 @@
 """Dataset build throughput: the in-process TFDS build against Apache Beam with 1 and 2 workers.
 
-    .venv/bin/python benchmarks/render_build.py [--quick] [--out benchmarks/results/render_build.json]
+    .venv-beam/bin/python benchmarks/render_build.py [--quick] [--out benchmarks/results/render_build.json]
 
-Needs the `beam` extra (a venv: `python -m venv --system-site-packages .venv &&
-.venv/bin/pip install -e '.[beam]'`); without it only the in-process rows are measured. Not part
+Needs the `beam` extra (a venv: `python -m venv --system-site-packages .venv-beam &&
+.venv-beam/bin/pip install -e '.[beam]'`); without it only the in-process rows are measured. Not part
 of `run_all.py`: a run takes several minutes.
 
-Every build is the whole `launch.render` path on the PSB meshes of qd90-psb-dev (tub16-psb-dev,
-or demo meshes, when ../shared lacks it): read the layout, load and render every mesh (12 ring views of 64 px,
-depth + shade + line, the dataset default), encode and write the TFDS records. Sketches are
-capped at one per split, so the figures are about meshes. Each build runs in a fresh process
+Every build is the one `launch.render` runs, on the PSB meshes of qd90-psb-dev (tub16-psb-dev,
+or demo meshes, when ../shared lacks it): read the layout, load and render every mesh (12 ring
+views of 64 px, depth + shade + line, the dataset default), encode and write the TFDS records.
+Sketches are capped at one per split, so the figures are about meshes. Each build runs in a fresh process
 on a fresh data_dir, at two sizes (a small and a large number of meshes), and the variants are
 interleaved round by round (in a rotating order), so that load from other jobs on a shared
 machine hits them alike. Per variant:
@@ -24,8 +24,11 @@ machine hits them alike. Per variant:
   50,000 and 1,000,000 meshes (a cluster of K worker cores needs about 1/K of it, plus the
   fixed cost).
 
+`per_mesh_without_tfds`: CPU seconds per mesh of loading and of rendering alone, on a quarter
+of the large size's meshes, in this process: what the build adds on top is TFDS's share.
+
 The JSON records the load average before each build: the machine this was measured on is
-shared with other jobs, so wall-time figures are lower bounds of what an idle machine gives.
+shared with other jobs, so its wall-time figures are below what an idle machine gives.
 """
 
 from __future__ import annotations
@@ -75,6 +78,34 @@ def _source(tmp: pathlib.Path) -> tuple[str, str, int]:
         root, name = tmp / "demo_src", "demo"
         build_demo(root, num_classes=10, max_shapes_per_class=30, sketch_size=64)
     return name, str(root), len(read_shared_layout(root).shapes)
+
+
+def _stage_costs(source: str, meshes: int) -> dict:
+    """CPU seconds per mesh of loading and of rendering alone (this process, no TFDS), on the
+    same meshes and settings as the builds: the rest of a build's CPU per mesh is TFDS's
+    encoding (zlib), serialising and writing."""
+    from sb3dr_jax.configs.common import dataset_config
+    from sb3dr_jax.data.layouts import read_shared_layout
+    from sb3dr_jax.data.meshes import load_mesh
+    from sb3dr_jax.data.render import RenderConfig, render_views
+
+    cfg = dataset_config("shared")
+    render = RenderConfig(num_views=NUM_VIEWS, resolution=int(cfg.render.resolution))
+    shapes = read_shared_layout(pathlib.Path(source)).shapes[:meshes]
+    render_views(load_mesh(shapes[0].path, max_faces=cfg.max_faces), render)  # warm-up
+    load_s = render_s = 0.0
+    for item in shapes:
+        t0 = time.process_time()
+        mesh = load_mesh(item.path, max_faces=cfg.max_faces)
+        t1 = time.process_time()
+        render_views(mesh, render)
+        load_s, render_s = load_s + t1 - t0, render_s + time.process_time() - t1
+    return {
+        "meshes": len(shapes),
+        "load_cpu_s_per_mesh": round(load_s / len(shapes), 4),
+        "render_cpu_s_per_mesh": round(render_s / len(shapes), 4),
+        "render_views_per_cpu_s": round(NUM_VIEWS * len(shapes) / render_s, 1),
+    }
 
 
 def _child(source: str, meshes: int, workers: int, data_dir: str) -> None:
@@ -155,8 +186,8 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
       rounds: rounds of every (variant, size) build (default 2; 1 when quick).
 
     Returns:
-      {"source", "sizes", "rounds", "variants": {name: {"workers", "runs": [...], summary}},
-       "environment": {...}}.
+      {"source", "sizes", "rounds", "per_mesh_without_tfds": {load and render CPU s per mesh},
+       "variants": {name: {"workers", "runs": [...], summary}}, "environment": {...}}.
     """
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="render_build_"))
     try:
@@ -172,6 +203,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
                     res = _one_build(source, n, variants[v], tmp)
                     runs[v].append(res)
                     print(f"[render_build] round {r} {v} {n} meshes: {res}", file=sys.stderr)
+        stages = _stage_costs(source, sizes[-1] // 4)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
@@ -179,6 +211,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
         "render": {"num_views": NUM_VIEWS, "resolution": 64, "channels": "depth,shade,line"},
         "sizes": list(sizes),
         "rounds": rounds,
+        "per_mesh_without_tfds": stages,
         "variants": {
             v: {"workers": variants[v] or 0, **_summary(runs[v]), "runs": runs[v]} for v in variants
         },
