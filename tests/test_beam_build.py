@@ -68,14 +68,27 @@ def test_stage_report_is_independent_of_completion_order():
     assert [e["item"] for e in shapes] == ["item 0", "class b"]
 
 
+def _render(data_dir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "launch.render", "--data_dir", str(data_dir), *flags]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.skipif(HAS_BEAM, reason="checks the error shown when apache_beam is missing")
 def test_render_beam_without_beam_is_a_one_line_error(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "launch.render", "--beam", "--data_dir", str(tmp_path)]
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    p = _render(tmp_path, "--beam")
     assert p.returncode == 1
     assert "pip install 'sb3dr_jax[beam]'" in p.stderr and "Traceback" not in p.stderr
     assert not any(tmp_path.iterdir())  # failed before any work
+
+
+@needs_beam
+def test_render_beam_flags_reach_the_pipeline_options(tmp_path):
+    """A typo in --beam_options is refused by the launcher before any work."""
+    p = _render(tmp_path, "--beam", "--beam_workers=2", "--beam_options=--runer=DataflowRunner")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "beam.options (--beam_options): Beam does not know ['runer']" in p.stderr
+    assert not any(tmp_path.iterdir())
 
 
 @needs_beam
