@@ -169,3 +169,22 @@ def test_beam_build_writes_the_same_records_and_report(tmp_path):
     assert not any(
         p.name.endswith(".beam") for p in pathlib.Path(builders["beam"].data_dir).parent.iterdir()
     )
+
+
+def test_render_build_summary_removes_the_fixed_cost():
+    """benchmarks/render_build.py: rates from the difference of two sizes, CPU projections."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.render_build import _summary
+
+    # 10 s fixed + 0.5 s per mesh wall; 4 s fixed + 0.25 CPU s per mesh; two rounds per size.
+    runs = [
+        {"meshes": n, "build_s": 10 + 0.5 * n + d, "cpu_s": 4 + 0.25 * n}
+        for n in (20, 100)
+        for d in (-1.0, 1.0)
+    ]
+    s = _summary(runs)
+    assert s["marginal_views_per_s"] == pytest.approx(12 / 0.5)
+    assert s["fixed_s"] == pytest.approx(10.0)
+    assert s["cpu_s_per_mesh"] == pytest.approx(0.25)
+    assert s["views_per_s"] == pytest.approx(round(12 * 100 / 60, 1))
+    assert s["projected_h_per_worker_core"]["1000000"] == pytest.approx(round(1e6 * 0.25 / 3600, 1))
