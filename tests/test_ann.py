@@ -181,3 +181,13 @@ def test_exact_topk_matches_the_exact_index(gallery):
     es, ei = exact.search(q, 10)
     np.testing.assert_array_equal(i, ei)
     np.testing.assert_allclose(s, es, atol=1e-5)
+
+
+def test_web_export_identity_covers_index_faiss(ivfpq, tmp_path):
+    pytest.importorskip("fastapi")
+    from sb3dr_jax.serving.web.app import export_identity
+
+    ivfpq.save(tmp_path)
+    before = export_identity(tmp_path)
+    (tmp_path / ANN_FILE).write_bytes((tmp_path / ANN_FILE).read_bytes() + b"\0")
+    assert export_identity(tmp_path) != before
