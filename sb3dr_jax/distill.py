@@ -16,6 +16,7 @@ import numpy as np
 from sb3dr_jax import allocator
 from sb3dr_jax.data import dataset_from_config, require_splits
 from sb3dr_jax.data.web_assets import write_web_assets
+from sb3dr_jax.evals.ann import IndexConfig
 from sb3dr_jax.evals.index import RetrievalIndex
 from sb3dr_jax.evaluate import evaluate_student
 from sb3dr_jax.models import DTYPES, build_model, feature_dim, init_student_from_teacher
@@ -312,6 +313,7 @@ def run(config, workdir: str):
         list(builder.info.metadata["class_names"]),
         table["teacher_id"],
         {"dataset": builder.info.full_name, "teacher_step": table["step"]},
+        index_config=IndexConfig.from_config(config.export),
     )
     if jax.process_index() == 0:  # before the evaluation: a failure there loses no training
         save_export(

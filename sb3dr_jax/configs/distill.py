@@ -13,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from sb3dr_jax.configs.common import dataset_config, parse_args
+from sb3dr_jax.evals.ann import ann_defaults
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -112,6 +113,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # view strips, web meshes of at most `mesh_faces` faces (converted by `mesh_workers`
     # processes), the test split's sketches.
     c.export = ml_collections.ConfigDict(dict(web=True, mesh_faces=4000, mesh_workers=1))
+    # The retrieval index's search (sb3dr_jax/evals/ann.py): exact | ivfpq | hnsw | auto (exact
+    # below export.ann.auto_threshold items); export.ann.* are the FAISS parameters.
+    c.export.index = "auto"
+    c.export.ann = ml_collections.ConfigDict(ann_defaults())
     if "gpu" in a:
         c.model.update(backbone="resnet18", dtype="bfloat16", hidden=1024, conv_impl="xla", chunk=0)
         c.global_batch, c.total_steps, c.ckpt_every = 256, 10000, 1000

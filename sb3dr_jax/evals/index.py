@@ -11,12 +11,19 @@ merge of the shard candidates. With several devices the shards live on different
 queries go in fixed-size padded batches, so the search compiles once. Each bit-distinct gallery
 vector is scored once and its copies share that score (`metrics.distinct_rows`), so equal
 vectors tie exactly and come back in gallery order, whatever the matmul kernel's blocking.
+
+Large galleries: with an `IndexConfig` (`export.index`/`export.ann.*`, sb3dr_jax.evals.ann)
+that resolves to an ANN kind (IVF-PQ or HNSW, FAISS), the embeddings are stored unit-norm in
+`export.ann.store` (float16 by default) without the distinct-row grouping, the FAISS index
+proposes `max(k, rerank)` candidates and they are re-scored exactly. `save` then also writes
+`index.faiss`, whose SHA-256 and kind `index.json` records; `load` refuses a file that differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -27,9 +34,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sb3dr_jax.evals import ann
 from sb3dr_jax.evals.metrics import check_finite, distinct_rows
 
 FORMAT_VERSION = 1
+ANN_FILE = "index.faiss"
 
 
 class IndexMismatchError(ValueError):
@@ -129,6 +138,10 @@ class RetrievalIndex:
     metadata: dict = dataclasses.field(default_factory=dict)
     query_batch: int = 64
     num_shards: int = 1
+    # Exact or ANN search (None: exact, as before); see sb3dr_jax.evals.ann.IndexConfig.
+    index_config: ann.IndexConfig | None = None
+    # A prebuilt FAISS index over `embeddings` (what `load` passes); None: built here if needed.
+    ann_index: object | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, np.int64)
@@ -137,7 +150,18 @@ class RetrievalIndex:
         n = len(emb)
         if n == 0 or emb.ndim != 2:
             raise ValueError("RetrievalIndex: empty gallery (no shape embeddings)")
-        check_finite(emb, "gallery item", self.model_ids if len(self.model_ids) == n else None)
+        ids = self.model_ids if len(self.model_ids) == n else None
+        if len(self.model_ids) != n or len(self.labels) != n:
+            raise IndexMismatchError(
+                f"RetrievalIndex: {n} embeddings but {len(self.model_ids)} ids and "
+                f"{len(self.labels)} labels"
+            )
+        self.kind = "exact" if self.index_config is None else self.index_config.resolve(n)
+        if self.kind != "exact":
+            self._init_ann(emb, ids)
+            return
+        self.ann_index = None
+        check_finite(emb, "gallery item", ids)
         # One normalised row per distinct vector: copies stay bit-identical (ties are kept).
         rows, inverse = distinct_rows(emb)
         self._rows = _unit(rows)  # [U, E]
@@ -145,10 +169,19 @@ class RetrievalIndex:
         self._members = np.argsort(inverse, kind="stable")  # [N] grouped by distinct row
         self._counts = np.bincount(inverse, minlength=len(rows))
         self._starts = np.cumsum(self._counts) - self._counts
-        if len(self.model_ids) != n or len(self.labels) != n:
+
+    def _init_ann(self, emb: np.ndarray, ids) -> None:
+        """ANN path: unit-norm store (chunked: no full float32 copy), FAISS index built or given."""
+        for s in range(0, len(emb), ann.CHUNK):  # chunked: a whole-gallery isfinite is N x E
+            if not np.isfinite(emb[s : s + ann.CHUNK]).all():
+                check_finite(emb, "gallery item", ids)
+        self.embeddings = ann.unit_store(emb, self.index_config.store)
+        if self.ann_index is None:
+            self.ann_index = ann.build(self.kind, self.embeddings, self.index_config)
+        elif self.ann_index.ntotal != len(emb) or self.ann_index.d != emb.shape[1]:
             raise IndexMismatchError(
-                f"RetrievalIndex: {n} embeddings but {len(self.model_ids)} ids and "
-                f"{len(self.labels)} labels"
+                f"RetrievalIndex: the {self.kind} index holds {self.ann_index.ntotal} x "
+                f"{self.ann_index.d} vectors, the gallery {len(emb)} x {emb.shape[1]}"
             )
 
     @property
@@ -174,6 +207,8 @@ class RetrievalIndex:
             raise ValueError(f"query embeddings must be [Q, {self.dim}], got {list(q.shape)}")
         check_finite(q, "query")
         k = min(int(k), len(self.embeddings))
+        if self.kind != "exact":
+            return self._search_ann(_unit(q), k)
         ku = min(k, len(self._rows))  # the top-k distinct rows hold the top-k items
         q = _unit(q)
         if self.num_shards > 1:
@@ -196,6 +231,16 @@ class RetrievalIndex:
             return s, i
         return _expand_ties(s, i, self._members, self._starts, self._counts, k)
 
+    def _search_ann(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """ANN candidates [Q, max(k, rerank)], re-scored exactly; exact scan where < k came."""
+        n_cand = min(max(k, self.index_config.rerank), len(self.embeddings))
+        cand = ann.candidates(self.ann_index, q, n_cand, self.index_config)
+        s, i = ann.rerank(q, self.embeddings, cand, k)
+        short = np.flatnonzero((i < 0).any(axis=1))  # too few lists probed for k results
+        if len(short):
+            s[short], i[short] = ann.exact_topk(q[short], self.embeddings, k)
+        return s, i
+
     def save(self, directory: str | os.PathLike) -> None:
         """Writes `index.npz` and `index.json` into `directory`."""
         d = pathlib.Path(directory)
@@ -214,6 +259,16 @@ class RetrievalIndex:
             "dim": self.dim,
             "metadata": self.metadata,
         }
+        if self.kind != "exact":
+            ann.import_faiss().write_index(self.ann_index, str(d / ANN_FILE))
+            meta["ann"] = {
+                "kind": self.kind,
+                "file": ANN_FILE,
+                "sha256": _sha256(d / ANN_FILE),
+                "config": self.index_config.to_dict(),
+            }
+        elif (d / ANN_FILE).exists():  # a stale ANN file from an earlier export
+            (d / ANN_FILE).unlink()
         (d / "index.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -253,6 +308,18 @@ class RetrievalIndex:
                 f"{meta_path}: num_items {meta['num_items']} but "
                 f"{len(arr['embeddings'])} embeddings"
             )
+        config, ann_index = None, None
+        if "ann" in meta:
+            path = d / meta["ann"]["file"]
+            if not path.exists():
+                raise FileNotFoundError(f"{meta_path}: names {path.name}, which is missing")
+            if _sha256(path) != meta["ann"]["sha256"]:
+                raise IndexMismatchError(
+                    f"{path}: SHA-256 differs from the one {meta_path} records (an index.faiss "
+                    "of another export?)"
+                )
+            config = ann.IndexConfig(**meta["ann"]["config"])
+            ann_index = ann.import_faiss().read_index(str(path))
         return cls(
             arr["embeddings"],
             [str(x) for x in arr["model_ids"]],
@@ -260,4 +327,14 @@ class RetrievalIndex:
             meta["class_names"],
             meta["encoder_id"],
             meta.get("metadata", {}),
+            index_config=config,
+            ann_index=ann_index,
         )
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()

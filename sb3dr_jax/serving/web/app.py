@@ -187,7 +187,7 @@ def export_identity(export_dir: str | pathlib.Path) -> str:
     """A short content hash of the student and the index: which export answered a query."""
     d = pathlib.Path(export_dir)
     h = hashlib.sha256()
-    for name in ("student.json", "student.msgpack", "index.json", "index.npz"):
+    for name in ("student.json", "student.msgpack", "index.json", "index.npz", "index.faiss"):
         p = d / name
         if p.exists():
             h.update(name.encode())
