@@ -149,6 +149,8 @@ def run(config, workdir: str):
 
     Raises:
       FileNotFoundError: no teacher checkpoint (the message names the command to run first).
+      ConfigError: the teacher folder holds another kind of run, or `loss.terms` names an
+        unknown term (both before any data is read).
     """
     # The teacher's config first: it names the dataset, and a wrong folder fails before work.
     teacher_config = teacher_lib.load_config(config.teacher_workdir)
