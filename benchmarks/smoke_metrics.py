@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import os
 
-# Before JAX starts: 2 host devices, CPU only, quiet TensorFlow.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Before JAX starts: 2 host devices (so the cross-device gathers run), CPU only, quiet TF.
+for _var, _value in {"JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2",
+                     "CUDA_VISIBLE_DEVICES": ""}.items():  # fmt: skip
+    os.environ.setdefault(_var, _value)
+_FLAGS = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_force_host_platform_device_count=2".strip()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -182,15 +182,9 @@ def run(config, workdir: str):
             flush=True,
         )
     final = fit(
-        config=config,
-        workdir=workdir,
-        dp=dp,
-        state=exp.state,
-        step_fn=exp.step,
-        batches=batches,
-        consts=exp.consts,
-        total_steps=int(config.total_steps),
-    )
+        config=config, workdir=workdir, dp=dp, batches=batches,
+        total_steps=int(config.total_steps), **exp.fit_args(),
+    )  # fmt: skip
     index = _export(config, workdir, builder, table, exp, final.params)
     return _final_evaluation(config, workdir, dp, builder, index, exp.model, final.params, val_set)
 

@@ -50,13 +50,7 @@ def run(config, workdir: str):
             flush=True,
         )
     return fit(
-        config=config,
-        workdir=workdir,
-        dp=dp,
-        state=exp.state,
-        step_fn=exp.step,
-        batches=batches,
-        consts=exp.consts,
-        total_steps=int(config.total_steps),
+        config=config, workdir=workdir, dp=dp, batches=batches,
+        total_steps=int(config.total_steps), **exp.fit_args(),
         eval_fn=teacher.evaluator(config, dp, exp.model, builder),
-    )
+    )  # fmt: skip
