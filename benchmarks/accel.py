@@ -139,9 +139,8 @@ def teacher_parts(which: str, batch: int, res: int, overrides: dict, quick: bool
     """
     import numpy as np
 
-    from sb3dr_jax import pretrain
+    from sb3dr_jax import teacher
     from sb3dr_jax.configs.pretrain import get_config
-    from sb3dr_jax.train import make_optimizer, make_step
 
     if which == "ref":
         from benchmarks.torch_reference import teacher_config
@@ -155,30 +154,25 @@ def teacher_parts(which: str, batch: int, res: int, overrides: dict, quick: bool
         if quick:  # the CPU check: the gpu config's paths on a model XLA:CPU compiles fast
             c.model.update(backbone="resnet_tiny", dtype="float32")
     _override(c, overrides)
-    model, opt = pretrain.teacher_model(c), make_optimizer(c.optim, 1000)
+    c.total_steps = 1000
     rs = np.random.RandomState(0)
     host = {
         "views": rs.randint(0, 255, (batch, V, res, res, 3)).astype(np.uint8),
         "index": rs.permutation(4 * batch)[:batch].astype(np.int32),
         "label": np.zeros((batch,), np.int32),
     }
-    state = pretrain.init_state(c, model, host["views"][:1], 4 * batch, opt)
-    post = pretrain.make_post_update(c, 1000, steps_per_epoch=4)
-    step = make_step(pretrain.make_loss_fn(c, model, V), opt, post_update=post)
-    return c, step, state, host
+    exp = teacher.build(
+        c, example_views=host["views"][:1], num_shapes=4 * batch, num_views=V, steps_per_epoch=4
+    )
+    return c, exp.step, exp.state, host
 
 
 def distill_parts(batch: int, res: int, overrides: dict, quick: bool):
     """(config, per-device step, host state, host batch, consts) of the `gpu` distill step
     (cached teacher table), as `train_steps.student` builds it."""
-    import jax
-
-    from benchmarks.train_steps import student_inputs
-    from sb3dr_jax import distill
+    from benchmarks.train_steps import student_parts
     from sb3dr_jax.configs import distill as distill_config
     from sb3dr_jax.configs import pretrain as pretrain_config
-    from sb3dr_jax.models import build_model, feature_dim
-    from sb3dr_jax.train import TrainState, make_optimizer, make_step
 
     arg = "smoke,gpu" if quick else "gpu"
     tcfg, c = pretrain_config.get_config(arg), distill_config.get_config(arg)
@@ -187,13 +181,9 @@ def distill_parts(batch: int, res: int, overrides: dict, quick: bool):
         for cfg in (tcfg, c):
             cfg.model.update(backbone="resnet_tiny", dtype="float32")
     _override(c, overrides)
-    f = feature_dim(**tcfg.model.to_dict())
-    model = build_model("sketch_student", **distill.student_model_kwargs(c, f))
-    opt = make_optimizer(c.optim, 100)
-    consts, host, _ = student_inputs(f, batch, res)
-    params = model.init(jax.random.key(0), host["image"][:1])["params"]
-    state = jax.device_get(TrainState.create(params, opt))
-    return c, make_step(distill.make_loss_fn(c, model), opt), state, host, consts
+    c.total_steps = 100
+    exp, host = student_parts(tcfg, c, batch, res)
+    return c, exp.step, exp.state, host, exp.consts
 
 
 def measure_jax(name: str, kind: str, batch: int, overrides: dict, quick: bool,

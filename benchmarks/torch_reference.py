@@ -330,22 +330,21 @@ def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: 
     """(step, sync, FLOPs per step or None): the `launch.pretrain` step on fixed random views."""
     import jax
 
-    from sb3dr_jax import pretrain
-    from sb3dr_jax.train import data_parallel, make_optimizer, make_step
+    from sb3dr_jax import teacher
+    from sb3dr_jax.train import data_parallel
 
-    c = teacher_config(preset, batch, k, conv_impl, dtype, overrides)
-    model = pretrain.teacher_model(c)
-    opt = make_optimizer(c.optim, 1000)
-    views = np.random.default_rng(0).integers(0, 255, (1, batch, 12, res, res, 3), dtype=np.uint8)
-    state = pretrain.init_state(c, model, views[0, :1], batch, opt)
-    dp = data_parallel("pmap", jax.devices()[:1])
-    step = dp.step(
-        make_step(
-            pretrain.make_loss_fn(c, model, 12),
-            opt,
-            post_update=pretrain.make_post_update(c, 1000, 100),
+    def build(conv):  # the `launch.pretrain` step (total_steps 1000, an epoch of 100 steps)
+        c = teacher_config(preset, batch, k, conv, dtype, overrides)
+        c.total_steps = 1000
+        return teacher.build(
+            c, example_views=views[0, :1], num_shapes=batch, num_views=12, steps_per_epoch=100
         )
-    )
+
+    views = np.random.default_rng(0).integers(0, 255, (1, batch, 12, res, res, 3), dtype=np.uint8)
+    exp = build(conv_impl)
+    state = exp.state
+    dp = data_parallel("pmap", jax.devices()[:1])
+    step = dp.step(exp.step)
     ds = dp.replicate(state)
     b = {
         "views": views,
@@ -355,10 +354,7 @@ def _jax_step(preset: str, batch: int, k: int, res: int, conv_impl: str, dtype: 
     b, rng = on_devices(dp, b), jax.random.key(0)
     # Model FLOPs traced from the same step on XLA's convolutions (`flops.py`: oneDNN's custom
     # calls carry no count), so every backend and conv_impl gets the same figure.
-    cx = teacher_config(preset, batch, k, "xla", dtype, overrides)
-    mx = pretrain.teacher_model(cx)
-    raw = make_step(pretrain.make_loss_fn(cx, mx, 12), opt,
-                    post_update=pretrain.make_post_update(cx, 1000, 100))  # fmt: skip
+    raw = build("xla").step
     host = jax.tree_util.tree_map(lambda x: x[0], {k: v for k, v in b.items()})
     flops = float(step_flops(raw, state, jax.device_get(host), rng, {}))
     return (*jax_step_runner(step, ds, b, rng, {}), flops)
@@ -452,10 +448,13 @@ class _StepServer:
     """
 
     def __init__(self, framework: str, case: dict, env: dict[str, str] | None = None,
-                 start_timeout_s: float | None = None):  # fmt: skip
+                 start_timeout_s: float | None = None, script: str | None = None):  # fmt: skip
         self.framework = framework
         self._err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", framework, json.dumps(case)]
+        # `script`: another checkout's copy of this file, which serves that checkout's step
+        # (it puts its own root first on sys.path); `benchmarks/refactor_ratio.py` pairs two.
+        script = os.path.abspath(script or __file__)
+        cmd = [sys.executable, script, "--serve", framework, json.dumps(case)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._err, text=True,
                                       env=_env(framework) | (env or {}))  # fmt: skip

@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_steps [--quick]
 
-Runs the real step functions (`make_step` + the teacher / student loss) on random batches over
+Runs the real steps (`teacher.build` / `student.build`, as the trainers do) on random batches over
 all local devices (pmap); compile time is excluded. On CPU the configs are the default ones at
 64 px (`smoke` at 32 px with `--quick`); on an accelerator the `gpu` configs (ResNet-18, bf16,
 128 px) at batches of 64-256 per device.
@@ -17,12 +17,11 @@ import jax
 import numpy as np
 
 from benchmarks.timing import on_devices, time_jax_step
-from sb3dr_jax import distill, pretrain
+from sb3dr_jax import student as student_lib
+from sb3dr_jax import teacher as teacher_lib
 from sb3dr_jax.configs import distill as distill_config
 from sb3dr_jax.configs import pretrain as pretrain_config
-from sb3dr_jax.models import build_model, feature_dim
-from sb3dr_jax.train import TrainState, data_parallel, make_optimizer, make_step
-from sb3dr_jax.train.teacher_cache import class_members
+from sb3dr_jax.train import data_parallel
 
 V, C, K = 12, 3, 10  # views, channels, classes
 
@@ -47,62 +46,53 @@ def _config_arg(res: int) -> str:
 def teacher(dp, batch_size: int, res: int, iters: int) -> dict:
     """Teacher (BYOL + BCL) step throughput for one global batch size."""
     cfg = pretrain_config.get_config(_config_arg(res))
-    model, opt = pretrain.teacher_model(cfg), make_optimizer(cfg.optim, 100)
+    cfg.total_steps = 100
     rs, n = np.random.RandomState(0), 4 * batch_size
     batch = {
         "views": rs.randint(0, 255, (batch_size, V, res, res, C)).astype(np.uint8),
         "label": rs.randint(0, K, (batch_size,)).astype(np.int32),
         "index": rs.permutation(n)[:batch_size].astype(np.int32),
     }
-    state = pretrain.init_state(cfg, model, batch["views"][:1], n, opt)
-    post = pretrain.make_post_update(cfg, 100, steps_per_epoch=4)
-    sec = _time(dp, make_step(pretrain.make_loss_fn(cfg, model, V), opt, post_update=post),
-                state, batch, {}, iters)  # fmt: skip
+    exp = teacher_lib.build(
+        cfg, example_views=batch["views"][:1], num_shapes=n, num_views=V, steps_per_epoch=4
+    )
+    sec = _time(dp, exp.step, exp.state, batch, exp.consts, iters)
     views = 2 * cfg.ssl.views_per_branch
     return {"global_batch": batch_size, "shapes_per_s": batch_size / sec,
             "views_per_s": batch_size * views / sec}  # fmt: skip
 
 
-def student_inputs(f: int, batch_size: int, res: int, seed: int = 1):
-    """Synthetic distill inputs: a cached teacher table of 4 x `batch_size` random unit
-    features [n, f] over K classes, and one batch of random uint8 sketches [b, res, res, 1].
+def student_parts(tcfg, cfg, batch_size: int, res: int, online: bool = False, seed: int = 1):
+    """`student.build` on a random teacher table of 4 x `batch_size` shapes over K classes, and
+    one batch of random uint8 sketches [b, res, res, 1] (with the paired shapes' views
+    [b, V, res, res, C] for the online teacher).
 
     Returns:
-      (consts, batch, rs): host dicts, and the RandomState for any further draws.
+      (experiment, host batch).
     """
-    rs, n = np.random.RandomState(seed), 4 * batch_size
-    feats = rs.randn(n, f).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    members, counts = class_members(np.arange(n) % K, K)
-    consts = {"features": feats, "centres": feats[:K], "members": members, "counts": counts}
+    rs = np.random.RandomState(seed)
+    views = rs.randint(0, 255, (batch_size, V, res, res, C)).astype(np.uint8)
+    t = teacher_lib.untrained(tcfg, views[:1])
+    table = student_lib.random_table(t, 4 * batch_size, K, seed)
+    cfg.online_teacher = online
+    exp = student_lib.build(cfg, table, sketch_size=res, view_channels=("depth", "shade", "line"))
     batch = {
         "image": rs.randint(0, 255, (batch_size, res, res, 1)).astype(np.uint8),
         "label": (np.arange(batch_size) % K).astype(np.int32),
         "index": np.arange(batch_size, dtype=np.int32),
     }
-    return consts, batch, rs
+    if online:  # the host supplies the paired shapes' views; the frozen teacher runs in step
+        batch["views"] = views
+    return exp, batch
 
 
 def student(dp, batch_size: int, res: int, iters: int, online: bool) -> dict:
     """Distill step throughput (cached table or online teacher) for one global batch size."""
     tcfg = pretrain_config.get_config(_config_arg(res))
     cfg = distill_config.get_config(_config_arg(res))
-    f = feature_dim(**tcfg.model.to_dict())
-    model = build_model("sketch_student", **distill.student_model_kwargs(cfg, f))
-    opt = make_optimizer(cfg.optim, 100)
-    consts, batch, rs = student_inputs(f, batch_size, res)
-    teacher_model = None
-    if online:  # the host supplies the paired shapes' views; the frozen teacher runs in step
-        teacher_model = pretrain.teacher_model(tcfg)
-        batch["views"] = rs.randint(0, 255, (batch_size, V, res, res, C)).astype(np.uint8)
-        consts["teacher_params"] = teacher_model.init(jax.random.key(0), batch["views"][:1])[
-            "params"
-        ]
-        consts["mean"] = np.zeros((f,), np.float32)
-    params = model.init(jax.random.key(0), batch["image"][:1])["params"]
-    state = jax.device_get(TrainState.create(params, opt))
-    step = make_step(distill.make_loss_fn(cfg, model, teacher_model), opt)
-    sec = _time(dp, step, state, batch, consts, iters)
+    cfg.total_steps = 100
+    exp, batch = student_parts(tcfg, cfg, batch_size, res, online)
+    sec = _time(dp, exp.step, exp.state, batch, exp.consts, iters)
     return {
         "global_batch": batch_size,
         "online_teacher": online,

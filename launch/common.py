@@ -66,6 +66,24 @@ def main(fn: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     return wrapped
 
 
+def start(fn: Callable[[list[str]], None]) -> None:
+    """The compute launchers' entry point: re-exec under tcmalloc, then `absl.app.run(fn)`.
+
+    XLA:CPU steps take ~24% less time on tcmalloc (`sb3dr_jax/allocator.py`); the allocator is
+    only replaced when it is preloaded before anything else, hence a re-exec of the process,
+    done here once for every launcher rather than in each.
+
+    Args:
+      fn: the launcher's main (wrapped by `main`).
+    """
+    from absl import app
+
+    from sb3dr_jax import allocator
+
+    allocator.reexec_with_tcmalloc()
+    app.run(fn)
+
+
 def _auto_cluster() -> bool:
     """True on a TPU pod slice or under a multi-task SLURM job (JAX reads the rest itself)."""
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
-from sb3dr_jax import allocator
 
 flags.DEFINE_multi_string("student", None, "Distill workdirs of this teacher (repeatable).")
 flags.DEFINE_string("output", None, "The JSON report (default: <teacher workdir>/diagnosis.json).")
@@ -45,5 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    allocator.reexec_with_tcmalloc()  # XLA:CPU steps ~24% shorter: sb3dr_jax/allocator.py
-    app.run(main)
+    common.start(main)  # tcmalloc re-exec, then absl

@@ -9,11 +9,10 @@ mAPs) and writes metrics.json, per_class.csv, pr_curve.png (one line per run) an
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
-from sb3dr_jax import allocator
 
 config_flags.DEFINE_config_file("config", common.config_path("evaluate"), "Evaluation config.")
 flags.DEFINE_multi_string(
@@ -37,5 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    allocator.reexec_with_tcmalloc()  # XLA:CPU steps ~24% shorter: sb3dr_jax/allocator.py
-    app.run(main)
+    common.start(main)  # tcmalloc re-exec, then absl

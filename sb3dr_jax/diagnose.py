@@ -65,12 +65,12 @@ def _zero_shot(embed_fn, table, images, labels, train_images, train_labels, chan
     q = _encode(embed_fn, sketch_as_view(images, channels))
     g = _encode(embed_fn, sketch_as_view(train_images, channels))
     # The gallery space: centred on the shapes' mean (teacher_table), unit length.
-    q = np.asarray(l2_normalize(l2_normalize(q) - table["mean"]))
-    g = np.asarray(l2_normalize(l2_normalize(g) - table["mean"]))
+    q = np.asarray(l2_normalize(l2_normalize(q) - table.mean))
+    g = np.asarray(l2_normalize(l2_normalize(g) - table.mean))
     rep = evaluate_retrieval(
-        q, labels, table["features"], table["labels"], group_thresholds=thr, num_classes=nc
+        q, labels, table.features, table.labels, group_thresholds=thr, num_classes=nc
     )
-    sk = dg.sketch_report(q, labels, g, train_labels, table["centres"])
+    sk = dg.sketch_report(q, labels, g, train_labels, table.centres)
     return {
         **dg._brief(rep),
         "nn_acc_to_train": sk["nn_acc_to_train"],
@@ -110,11 +110,11 @@ def student_figures(export_dir: str, table, sets: dict, nc: int, thr) -> dict:
     out = {}
     for k, (_, y) in sets.items():
         rep = evaluate_retrieval(
-            emb[k], y, table["features"], table["labels"], group_thresholds=thr, num_classes=nc
+            emb[k], y, table.features, table.labels, group_thresholds=thr, num_classes=nc
         )
         out[k] = dg._brief(rep)
         gallery = "train" if k != "train" else "test"
-        out[k].update(dg.sketch_report(emb[k], y, emb[gallery], sets[gallery][1], table["centres"]))
+        out[k].update(dg.sketch_report(emb[k], y, emb[gallery], sets[gallery][1], table.centres))
     return out
 
 
@@ -140,15 +140,16 @@ def run(
     Returns:
       The report (dict).
     """
+    from sb3dr_jax import teacher
     from sb3dr_jax.data.pipeline import eval_batches  # tf.data: only where data is read
+    from sb3dr_jax.student import teacher_table
     from sb3dr_jax.train.loop import load_config
     from sb3dr_jax.train.parallel import data_parallel
-    from sb3dr_jax.train.teacher_cache import teacher_table
 
-    tconf = load_config(teacher_workdir)
+    tconf = teacher.load_config(teacher_workdir)
     builder = dataset_from_config(tconf.dataset)
     dp = data_parallel("pmap")
-    table = teacher_table(teacher_workdir, builder, dp, global_batch=64)
+    table = teacher_table(teacher.load(teacher_workdir, tconf), builder, dp, global_batch=64)
     meta = builder.info.metadata
     nc = len(meta["class_names"])
     thr = (int(tconf.eval.head_min), int(tconf.eval.tail_max))
@@ -157,17 +158,15 @@ def run(
     report = {
         "dataset": builder.info.full_name,
         "teacher_workdir": teacher_workdir,
-        "teacher_step": table["step"],
-        "num_shapes": len(table["labels"]),
+        "teacher_step": table.step,
+        "num_shapes": len(table.labels),
         "num_train_sketches": len(tr_y),
         "num_test_sketches": len(te_y),
-        "teacher": dg.teacher_report(
-            table["features"], table["labels"], num_classes=nc, thresholds=thr
-        ),
+        "teacher": dg.teacher_report(table.features, table.labels, num_classes=nc, thresholds=thr),
         "oracle": dg.oracle_report(
-            table["features"],
-            table["labels"],
-            table["centres"],
+            table.features,
+            table.labels,
+            table.centres,
             te_y,
             num_classes=nc,
             thresholds=thr,
@@ -179,8 +178,8 @@ def run(
     views = next(eval_batches(builder, "shapes", global_batch=64))["views"]
     raster = {"line_view_ink": dg.ink_fraction(views[..., chans.index("line")])}
     if int(meta["sketch_size"]) == int(meta["render"]["resolution"]) and "line" in chans:
-        model = table["model"]
-        tparams = table["params"]
+        model = table.teacher.model
+        tparams = table.teacher.params
         embed = jax.jit(lambda v: model.apply({"params": tparams}, v, method="embed")[0])
         raster["stored"] = _zero_shot(embed, table, te_im, te_y, tr_im, tr_y, chans, nc, thr)
         raster["stored"]["stroke_width"] = float(tconf.dataset.stroke_width)

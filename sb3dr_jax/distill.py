@@ -1,7 +1,7 @@
-"""The student: cross-modal distillation with the enhanced triplet loss (METHODS.md section 3).
+"""Distil the student: data -> teacher table -> `student.build` -> `fit` -> export -> evaluation.
 
-`run(config, workdir)`: frozen-teacher feature table (cached) -> student -> the shared step
-factory and loop -> final sketch-to-shape evaluation -> export (student + retrieval index).
+The student itself (model, loss terms, step, the teacher table) lives in
+`sb3dr_jax/student.py` (METHODS.md section 3).
 """
 
 from __future__ import annotations
@@ -9,117 +9,22 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sb3dr_jax import allocator
+from sb3dr_jax import allocator, student
+from sb3dr_jax import teacher as teacher_lib
 from sb3dr_jax.data import dataset_from_config, require_splits
 from sb3dr_jax.data.web_assets import write_web_assets
 from sb3dr_jax.evals.ann import IndexConfig
 from sb3dr_jax.evals.index import RetrievalIndex
 from sb3dr_jax.evaluate import evaluate_student
-from sb3dr_jax.models import DTYPES, build_model, feature_dim, init_student_from_teacher
-from sb3dr_jax.models.common import l2_normalize, normalize_uint8
-from sb3dr_jax.objectives import kd, triplet
 from sb3dr_jax.serving.export import save_export
-from sb3dr_jax.train import TrainState, data_parallel, fit, gather, make_optimizer, make_step
-from sb3dr_jax.train.augment import augment_sketches
+from sb3dr_jax.student import teacher_table
+from sb3dr_jax.train import data_parallel, fit
 from sb3dr_jax.train.loop import save_config, write_metrics
-from sb3dr_jax.train.step import AXIS, sample_keys
-from sb3dr_jax.train.teacher_cache import sample_pairs, teacher_table
 
 SUMMARY_KEYS = ("NN", "FT", "ST", "E", "DCG", "mAP", "mAP_shrec_matlab", "mAP_pr_mean")
-
-
-def student_model_kwargs(config, embed_dim: int) -> dict:
-    """JSON-able kwargs that rebuild the student (saved in the export)."""
-    return {**config.model.to_dict(), "embed_dim": int(embed_dim)}
-
-
-def sketch_aug_kwargs(config) -> dict:
-    """`augment_sketches` settings from the config's `sketch_aug` block (defaults without it)."""
-    a = config.get("sketch_aug")
-    return {} if a is None else dict(a.to_dict())
-
-
-def make_loss_fn(config, model, teacher=None):
-    """Per-device distillation loss: KD terms + enhanced triplet over the global batch.
-
-    Args:
-      config: the distill config.
-      model: the student module.
-      teacher: for `online_teacher`, the frozen teacher module (its params come in consts).
-
-    Returns:
-      `loss_fn(params, state, batch, rng, consts)` for `make_step`.
-    """
-    w = config.loss
-
-    def targets(batch, consts, rng):
-        if teacher is not None:  # online: embed the paired shapes' views now
-            emb, _ = teacher.apply(
-                {"params": consts["teacher_params"]}, batch["views"], method="embed"
-            )
-            # The table's space: unit descriptor, centred on the gallery mean, normalised again.
-            centred = l2_normalize(emb) - consts["mean"]
-            return jax.lax.stop_gradient(l2_normalize(centred))
-        one = lambda key, y: sample_pairs(key, y[None], consts["members"], consts["counts"])[0]
-        idx = jax.vmap(one)(rng, batch["label"])  # rng: [b] per-sample keys
-        return consts["features"][idx]  # [b, F] cached table lookup
-
-    def loss_fn(params, state, batch, rng, consts):
-        del state
-        # Per-sample keys from global batch positions: independent of the device count.
-        keys = sample_keys(rng, batch["label"].shape[0])  # [b]
-        r_pair = jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys)
-        rows = config.augment and config.get("augment_impl", "map_coordinates") == "rows"
-        x = batch["image"] if rows else normalize_uint8(batch["image"])  # [b, S, S, 1]
-        if config.augment:
-            r_aug = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-            x = augment_sketches(  # [b] keys
-                r_aug,
-                x,
-                **sketch_aug_kwargs(config),
-                chunk=int(config.model.get("chunk", 0)),
-                impl=config.get("augment_impl", "map_coordinates"),
-                dtype=DTYPES[config.model.dtype] if rows else None,
-            )
-        s, _ = model.apply({"params": params}, x)  # [b, E]
-        y, t, centres = batch["label"], targets(batch, consts, r_pair), consts["centres"]
-        s_all, y_all, t_all = gather(s), gather(y), gather(t)  # global batch [G, ...]
-        terms = {}
-        if w.w_cen:
-            terms["cen"] = w.w_cen * kd.centre_alignment_loss(s, y, centres, w.lam).mean()
-        if w.w_rel:
-            rel = kd.rkd_loss if w.relational == "rkd" else kd.relational_kd_loss
-            terms["rel"] = w.w_rel * rel(s_all, t_all)
-        if w.w_kl:
-            kt = centres[y] if w.kl_target == "centre" else t
-            terms["kl"] = w.w_kl * kd.soft_label_kd_loss(s, kt, centres, w.temperature).mean()
-        if w.w_et:
-            off = jax.lax.axis_index(AXIS) * s.shape[0]
-            terms["et"] = (
-                w.w_et
-                * triplet.enhanced_triplet_loss(
-                    s,
-                    y,
-                    t_all,
-                    y_all,
-                    s_all,
-                    y_all,
-                    centres,
-                    m_x=w.m_x,
-                    m_s=w.m_s,
-                    mu=w.mu,
-                    nu=w.nu,
-                    anchor_offset=off,
-                ).mean()
-            )
-        loss = sum(terms.values())
-        return loss, ({f"loss_{k}": v for k, v in terms.items()}, {})
-
-    return loss_fn
 
 
 def _with_paired_views(batches, table, shape_views, seed: int):
@@ -129,8 +34,8 @@ def _with_paired_views(batches, table, shape_views, seed: int):
         lab = batch["label"]
         idx = np.empty_like(lab)
         for pos, c in np.ndenumerate(lab):
-            n = table["counts"][c]
-            idx[pos] = table["members"][c, rng.integers(n)] if n else 0
+            n = table.counts[c]
+            idx[pos] = table.members[c, rng.integers(n)] if n else 0
         yield {**batch, "views": shape_views[idx]}
 
 
@@ -245,108 +150,105 @@ def run(config, workdir: str):
 
     Raises:
       FileNotFoundError: no teacher checkpoint (the message names the command to run first).
+      ConfigError: the teacher folder holds another kind of run, or `loss.terms` names an
+        unknown term (both before any data is read).
     """
-    from sb3dr_jax.train.loop import load_config
-
-    try:
-        teacher_config = load_config(config.teacher_workdir)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no teacher in {os.path.abspath(config.teacher_workdir)}: train it first with "
-            f"`python -m launch.pretrain --workdir {config.teacher_workdir}`"
-        ) from None
-    from sb3dr_jax.pretrain import check_teacher_config
-
-    check_teacher_config(teacher_config, config.teacher_workdir)  # before any work
+    # The teacher's config first: it names the dataset, and a wrong folder fails before work.
+    teacher_config = teacher_lib.load_config(config.teacher_workdir)
     config = resolve_config(config, teacher_config)
+    student.loss_terms(config)  # an unknown loss term fails before the dataset is built
     save_config(config, workdir)
     dp = data_parallel(config.parallel)
     builder = dataset_from_config(config.dataset)
     require_splits(builder, ("shapes", "sketch_train", "sketch_test"), needed_by="distill")
     table = teacher_table(
-        config.teacher_workdir, builder, dp, global_batch=int(config.eval.global_batch)
+        teacher_lib.load(config.teacher_workdir, teacher_config),
+        builder,
+        dp,
+        global_batch=int(config.eval.global_batch),
     )
-    f_dim = feature_dim(**teacher_config.model.to_dict())
-    model = build_model("sketch_student", **student_model_kwargs(config, f_dim))
-    optimizer = make_optimizer(config.optim, config.total_steps)
-    s = int(builder.info.metadata["sketch_size"])
-    params = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, s, s, 1), jnp.uint8))[
-        "params"
-    ]
-    if config.init_from_teacher:
-        chans = list(builder.info.metadata["render"]["channels"])
-        params = init_student_from_teacher(
-            params, table["params"], chans.index("line") if "line" in chans else None
-        )
-    state = jax.device_get(TrainState.create(params, optimizer))
-    consts = {k: table[k] for k in ("features", "centres", "members", "counts")}
-    teacher = None
+    meta = builder.info.metadata
+    s = int(meta["sketch_size"])
+    exp = student.build(
+        config, table, sketch_size=s, view_channels=list(meta["render"]["channels"])
+    )
     batches, val_set = _train_batches(config, builder)
     if config.online_teacher:
-        teacher, consts["teacher_params"] = table["model"], table["params"]
-        consts["mean"] = table["mean"]
-        batches = _with_paired_views(
-            batches, table, _shape_views(builder, table["ids"]), config.seed
-        )
-    step = make_step(make_loss_fn(config, model, teacher), optimizer)
+        batches = _with_paired_views(batches, table, _shape_views(builder, table.ids), config.seed)
     if jax.process_index() == 0:
         print(
-            f"[distill] teacher step {table['step']} ({table['teacher_id']}), "
+            f"[distill] teacher step {table.step} ({table.teacher_id}), "
             f"{builder.info.splits['sketch_train'].num_examples} train sketches, "
             f"{config.total_steps} steps on {dp.num_devices} devices, {allocator.active()} malloc",
             flush=True,
         )
     final = fit(
-        config=config,
-        workdir=workdir,
-        dp=dp,
-        state=state,
-        step_fn=step,
-        batches=batches,
-        consts=consts,
-        total_steps=int(config.total_steps),
-    )
+        config=config, workdir=workdir, dp=dp, batches=batches,
+        total_steps=int(config.total_steps), **exp.fit_args(),
+    )  # fmt: skip
+    index = _export(config, workdir, builder, table, exp, final.params)
+    return _final_evaluation(config, workdir, dp, builder, index, exp.model, final.params, val_set)
+
+
+def _export(config, workdir: str, builder, table, exp, params) -> RetrievalIndex:
+    """Writes `workdir/export` (student, retrieval index, web assets); returns the index.
+
+    Called before the final evaluation, so a failure there loses no training.
+    """
+    meta = builder.info.metadata
     index = RetrievalIndex(
-        table["features"],
-        table["ids"],
-        table["labels"],
-        list(builder.info.metadata["class_names"]),
-        table["teacher_id"],
-        {"dataset": builder.info.full_name, "teacher_step": table["step"]},
+        table.features,
+        table.ids,
+        table.labels,
+        list(meta["class_names"]),
+        table.teacher_id,
+        {"dataset": builder.info.full_name, "teacher_step": table.step},
         index_config=IndexConfig.from_config(config.export),
     )
-    if jax.process_index() == 0:  # before the evaluation: a failure there loses no training
-        save_export(
+    if jax.process_index() != 0:
+        return index
+    student_config = {
+        "model": student.model_kwargs(config, exp.info["embed_dim"]),
+        "sketch_size": int(meta["sketch_size"]),
+    }
+    save_export(
+        os.path.join(workdir, "export"),
+        student_params=params,
+        student_config=student_config,
+        index=index,
+        teacher_id=table.teacher_id,
+    )
+    if config.export.web:
+        web = write_web_assets(
             os.path.join(workdir, "export"),
-            student_params=final.params,
-            student_config={"model": student_model_kwargs(config, f_dim), "sketch_size": s},
-            index=index,
-            teacher_id=table["teacher_id"],
+            builder,
+            index,
+            source_root=getattr(builder, "source_dir", None) or config.dataset.root or None,
+            layout_kind=builder.builder_config.kind if config.dataset.root else "auto",
+            mesh_faces=int(config.export.mesh_faces),
+            workers=int(config.export.mesh_workers),
         )
-        if config.export.web:
-            web = write_web_assets(
-                os.path.join(workdir, "export"),
-                builder,
-                index,
-                source_root=getattr(builder, "source_dir", None) or config.dataset.root or None,
-                layout_kind=builder.builder_config.kind if config.dataset.root else "auto",
-                mesh_faces=int(config.export.mesh_faces),
-                workers=int(config.export.mesh_workers),
-            )
-            print(
-                f"[distill] web assets: {web['models']} thumbnails, {web['meshes']} meshes, "
-                f"{web['sketches']} sketches in {web['seconds']:.1f}s"
-                + (
-                    f"; skipped {len(web['skipped'])} (see web/manifest.json)"
-                    if web["skipped"]
-                    else ""
-                ),
-                flush=True,
-            )
+        skipped = (
+            f"; skipped {len(web['skipped'])} (see web/manifest.json)" if web["skipped"] else ""
+        )
+        print(
+            f"[distill] web assets: {web['models']} thumbnails, {web['meshes']} meshes, "
+            f"{web['sketches']} sketches in {web['seconds']:.1f}s{skipped}",
+            flush=True,
+        )
+    return index
+
+
+def _final_evaluation(config, workdir, dp, builder, index, model, params, val_set) -> dict:
+    """Test (and validation) sketches against the gallery; logged at the last step.
+
+    Returns:
+      The test summary, with the validation summary under "val" when there is one.
+    """
     summary = evaluate_student(
         dp,
         model,
-        final.params,
+        params,
         builder,
         index,
         split="sketch_test",
@@ -356,7 +258,7 @@ def run(config, workdir: str):
     scalars = {f"eval/sketch_test/{k}": summary[k] for k in SUMMARY_KEYS}
     scalars.update({f"eval/sketch_test/mAP_{g}": r["mAP"] for g, r in summary["groups"].items()})
     if val_set is not None:
-        val = evaluate_arrays(model, final.params, *val_set, index, config)
+        val = evaluate_arrays(model, params, *val_set, index, config)
         summary["val"] = val
         scalars.update({f"eval/sketch_val/{k}": val[k] for k in SUMMARY_KEYS})
         scalars.update({f"eval/sketch_val/mAP_{g}": r["mAP"] for g, r in val["groups"].items()})

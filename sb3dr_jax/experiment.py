@@ -31,3 +31,8 @@ class Experiment:
     step: Callable
     consts: dict = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
+
+    def fit_args(self) -> dict:
+        """The keyword arguments `train.fit` takes from a built trainer: `state`, `step_fn`,
+        `consts` (the run adds its config, workdir, devices, batches and step count)."""
+        return {"state": self.state, "step_fn": self.step, "consts": self.consts}

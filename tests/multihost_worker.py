@@ -15,7 +15,7 @@ jax.distributed.initialize(
 
 from sb3dr_jax import pretrain  # noqa: E402
 from sb3dr_jax.configs.pretrain import get_config  # noqa: E402
-from sb3dr_jax.train.teacher_cache import fingerprint  # noqa: E402
+from sb3dr_jax.teacher import fingerprint  # noqa: E402
 
 cfg = get_config("smoke")
 cfg.dataset.data_dir = data_dir

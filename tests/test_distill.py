@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import smoke_config
 
-from sb3dr_jax import distill, pretrain
+from sb3dr_jax import distill, student, teacher
 from sb3dr_jax.configs import distill as distill_config
-from sb3dr_jax.train.teacher_cache import fingerprint
+from sb3dr_jax.configs.common import ConfigError
 
 
 def test_distill_smoke_run(student_workdir, teacher_workdir):
@@ -30,8 +30,7 @@ def test_distill_smoke_run(student_workdir, teacher_workdir):
     # The table is cached next to the teacher checkpoint, keyed by its step and fingerprint.
     (path,) = glob.glob(os.path.join(teacher_workdir, "teacher_features_2_*.npz"))
     cached = np.load(path)
-    _, params, _, _ = pretrain.load_teacher(teacher_workdir)
-    assert str(cached["teacher_id"]) == fingerprint(params)
+    assert str(cached["teacher_id"]) == teacher.fingerprint(teacher.load(teacher_workdir).params)
     assert np.all(np.isfinite(cached["raw"]))
 
 
@@ -54,10 +53,27 @@ def test_distill_reuses_cache_and_runs_ablation(smoke_data_dir, teacher_workdir,
 
 def test_distill_config_ablations():
     c = distill_config.get_config("no_kd")
-    assert (c.loss.w_cen, c.loss.w_rel, c.loss.w_kl, c.loss.w_et) == (0, 0, 0, 1)
+    assert c.loss.terms.to_dict() == {"cen": 0, "rel": 0, "kl": 0, "et": 1}
+    assert [n for n, _, _ in student.loss_terms(c)] == ["et"]
     assert c.loss.mu > 0
     c = distill_config.get_config("plain_triplet")
     assert (c.loss.mu, c.loss.nu) == (0, 0)
+    assert [n for n, _, _ in student.loss_terms(c)] == ["et"]
+    c = distill_config.get_config("")
+    assert [n for n, _, _ in student.loss_terms(c)] == ["cen", "rel", "kl", "et"]
+    assert distill_config.get_config("pkaug").loss.terms.kl == 100.0
+
+
+def test_unknown_loss_term_names_the_field(smoke_data_dir, teacher_workdir, tmp_path):
+    """`loss.terms` with an unknown name: a ConfigError naming the field and the choices, from
+    the library and from `distill.run` before any work."""
+    cfg = smoke_config("distill", smoke_data_dir, teacher_workdir=teacher_workdir)
+    cfg.loss.terms.triplet = 1.0
+    with pytest.raises(ConfigError, match=r"loss.terms: unknown 'triplet'; choose from \['cen'"):
+        student.loss_terms(cfg)
+    with pytest.raises(ConfigError, match="loss.terms"):
+        distill.run(cfg, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_pkaug_recipe_keeps_its_schedule():
@@ -83,13 +99,13 @@ def test_online_teacher_targets_match_the_cached_table(smoke_builder, teacher_wo
     """The online teacher embeds the paired shapes' views into the cached table's space."""
     from sb3dr_jax.models.common import l2_normalize
     from sb3dr_jax.train import data_parallel
-    from sb3dr_jax.train.teacher_cache import teacher_table
 
-    table = teacher_table(teacher_workdir, smoke_builder, data_parallel("pmap"), global_batch=8)
-    views = distill._shape_views(smoke_builder, table["ids"])  # rows in table order
-    emb, _ = table["model"].apply({"params": table["params"]}, views[:4], method="embed")
-    online = l2_normalize(l2_normalize(emb) - table["mean"])
-    np.testing.assert_allclose(np.asarray(online), table["features"][:4], atol=1e-4)
+    t = teacher.load(teacher_workdir)
+    table = student.teacher_table(t, smoke_builder, data_parallel("pmap"), global_batch=8)
+    views = distill._shape_views(smoke_builder, table.ids)  # rows in table order
+    emb, _ = t.model.apply({"params": t.params}, views[:4], method="embed")
+    online = l2_normalize(l2_normalize(emb) - table.mean)
+    np.testing.assert_allclose(np.asarray(online), table.features[:4], atol=1e-4)
 
 
 class _WithoutSplit:

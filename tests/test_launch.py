@@ -130,6 +130,11 @@ def test_distill_without_teacher_says_what_to_run(mistakes):
             ["launch.distill", _cfg("distill"), "--config.teacher_workdir=a_distill_run"],
             "holds a distill run, not a trained teacher",
         ),
+        # an unknown method name (was silently BYOL): the field and the choices
+        (
+            ["launch.pretrain", _cfg("pretrain", "smoke,method=byoll")],
+            "ssl.method: unknown 'byoll'; choose from ['byol', 'per_view', 'simsiam']",
+        ),
         # an unknown dataset name: the choices include the README's tub16 and qd90
         (["launch.pretrain", _cfg("pretrain", "smoke,dataset=tub17")], "'qd90', 'shared'"),
         # a broken model class file (ClaError): names the file and line

@@ -306,3 +306,34 @@ def test_s2d_stem_and_slice_pool_equal_the_conv_stem_and_reduce_window():
         np.testing.assert_allclose(g, g_ref(y), rtol=1e-6)
     with pytest.raises(ValueError, match="model.stem"):
         resnet("resnet_tiny", stem="patchify")
+
+
+def test_conv_module_is_chosen_in_one_place():
+    """`model.conv_impl` picks the ResNet's `conv` module in `conv_module` alone; equal choices
+    give the same object (equal modules), and an unknown name names the field."""
+    import flax.linen as nn
+
+    from sb3dr_jax.models.resnet import conv_module
+
+    kw = dict(backbone="resnet_tiny", num_filters=8, embed_dim=4, conv_impl="xla")
+    assert build_model("sketch_student", **kw).backbone.conv is nn.Conv
+    assert conv_module("auto") is conv_module("auto")
+    with pytest.raises(ValueError, match="model.conv_impl"):
+        conv_module("cudnn")
+
+
+def test_in_chunks_calls_per_chunk_and_matches_one_call():
+    from sb3dr_jax.models.common import in_chunks
+
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    y = np.arange(10, dtype=np.float32)
+    sizes = []
+
+    def fn(a, b):
+        sizes.append(a.shape[0])
+        return a * 2 + b[:, None]
+
+    for chunk, calls in ((0, [10]), (3, [3, 3, 3, 1]), (10, [10]), (20, [10])):
+        sizes.clear()
+        np.testing.assert_array_equal(in_chunks(fn, chunk, x, y), x * 2 + y[:, None])
+        assert sizes == calls, chunk

@@ -6,12 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from sb3dr_jax import distill, pretrain
+from sb3dr_jax import student, teacher
 from sb3dr_jax.configs import distill as distill_config
 from sb3dr_jax.configs import pretrain as pretrain_config
-from sb3dr_jax.models import build_model, feature_dim
-from sb3dr_jax.train import TrainState, data_parallel, make_optimizer, make_step
-from sb3dr_jax.train.teacher_cache import class_members
+from sb3dr_jax.train import data_parallel
 
 G, V, H, C = 8, 6, 16, 3  # global batch, views, view size, channels
 N, K = 12, 3  # shapes, classes
@@ -49,8 +47,7 @@ def _compare(mode, step_fn, state, batches, consts):
 def _teacher_setup(longtail: str = "bcl"):
     config = pretrain_config.get_config("smoke")
     config.longtail.method = longtail
-    model = pretrain.teacher_model(config)
-    optimizer = make_optimizer(config.optim, 4)
+    config.total_steps = 4
     rs = np.random.RandomState(0)
     batches = [
         {
@@ -60,13 +57,10 @@ def _teacher_setup(longtail: str = "bcl"):
         }
         for _ in range(2)
     ]
-    state = pretrain.init_state(config, model, batches[0]["views"][:1], N, optimizer)
-    step = make_step(
-        pretrain.make_loss_fn(config, model, V),
-        optimizer,
-        post_update=pretrain.make_post_update(config, 4, steps_per_epoch=1),
+    exp = teacher.build(
+        config, example_views=batches[0]["views"][:1], num_shapes=N, num_views=V, steps_per_epoch=1
     )
-    return step, state, batches
+    return exp.step, exp.state, batches
 
 
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
@@ -92,20 +86,13 @@ def test_teacher_bcl_memory_replicated_and_updated():
 
 def _distill_setup():
     config = distill_config.get_config("smoke")
-    f = feature_dim(**pretrain_config.get_config("smoke").model.to_dict())
-    model = build_model("sketch_student", **distill.student_model_kwargs(config, f))
-    optimizer = make_optimizer(config.optim, 4)
+    config.total_steps = 4
+    tconfig = pretrain_config.get_config("smoke")
+    t = teacher.untrained(tconfig, np.zeros((1, V, H, H, C), np.uint8))
+    table = student.random_table(t, N, K)
     rs = np.random.RandomState(1)
-    labels = np.arange(N) % K
-    feats = rs.randn(N, f).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    centres = np.stack([feats[labels == c].mean(0) for c in range(K)])
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    members, counts = class_members(labels, K)
-    consts = {"features": feats, "centres": centres, "members": members, "counts": counts}
     s = 32
-    params = model.init(jax.random.key(0), np.zeros((1, s, s, 1), np.uint8))["params"]
-    state = jax.device_get(TrainState.create(params, optimizer))
+    exp = student.build(config, table, sketch_size=s, view_channels=("depth", "shade", "line"))
     batches = [
         {
             "image": rs.randint(0, 255, (G, s, s, 1)).astype(np.uint8),
@@ -114,7 +101,7 @@ def _distill_setup():
         }
         for _ in range(2)
     ]
-    return make_step(distill.make_loss_fn(config, model), optimizer), state, batches, consts
+    return exp.step, exp.state, batches, exp.consts
 
 
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])

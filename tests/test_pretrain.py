@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import smoke_config
 
-from sb3dr_jax import pretrain
+from sb3dr_jax import pretrain, teacher
 from sb3dr_jax.configs import pretrain as pretrain_config
 from sb3dr_jax.train import load_config
 
@@ -27,9 +27,9 @@ def test_pretrain_smoke_run(teacher_workdir):
         assert 0.0 <= ev[-1][key] <= 1.0, key
     cfg = load_config(teacher_workdir)
     assert cfg.ssl.method == "byol" and cfg.longtail.method == "bcl"
-    model, params, _, step = pretrain.load_teacher(teacher_workdir)
-    assert step == 2
-    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
+    t = teacher.load(teacher_workdir)
+    assert t.step == 2 and t.config.ssl.method == "byol"
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(t.params))
 
 
 @pytest.mark.parametrize("arg", ["smoke,method=simsiam,longtail=sdclr", "smoke,method=per_view"])
@@ -55,7 +55,21 @@ def test_views_per_branch_too_large(smoke_data_dir):
     cfg = smoke_config("pretrain", smoke_data_dir)
     cfg.ssl.views_per_branch = 7
     with pytest.raises(ValueError, match="views_per_branch"):
-        pretrain.make_loss_fn(cfg, pretrain.teacher_model(cfg), 12)
+        teacher.loss_fn(cfg, teacher.model(cfg), 12)
+
+
+@pytest.mark.parametrize("field,value", [("ssl.method", "byoll"), ("longtail.method", "focal")])
+def test_unknown_method_names_the_field(smoke_data_dir, tmp_path, field, value):
+    """An unknown method is a ConfigError naming the field and the choices (no silent BYOL),
+    raised by `build` and by `pretrain.run` before any data is read."""
+    from sb3dr_jax.configs.common import ConfigError
+
+    cfg = smoke_config("pretrain", smoke_data_dir, **{field: value})
+    views = np.zeros((1, 12, 8, 8, 3), np.uint8)
+    with pytest.raises(ConfigError, match=rf"{field}: unknown '{value}'; choose from \["):
+        teacher.build(cfg, example_views=views, num_shapes=4, num_views=12)
+    with pytest.raises(ConfigError, match=field):
+        pretrain.run(cfg, str(tmp_path))
 
 
 @pytest.mark.parametrize("method", ["byol", "per_view"])
@@ -75,11 +89,11 @@ def test_teacher_loss_same_with_view_chunks(smoke_data_dir, method):
 
 def _one_step_loss(cfg, views):
     """(loss, per-sample losses, aux) of the teacher loss on one device."""
-    model = pretrain.teacher_model(cfg)
-    opt = pretrain.make_optimizer(cfg.optim, 10)
-    state = pretrain.init_state(cfg, model, views[:1], 4, opt)
+    cfg.total_steps = 10
+    exp = teacher.build(cfg, example_views=views[:1], num_shapes=4, num_views=12)
+    state = exp.state
     batch = {"views": views, "index": np.arange(4), "label": np.zeros(4, np.int32)}
-    loss_fn = pretrain.make_loss_fn(cfg, model, 12)
+    loss_fn = teacher.loss_fn(cfg, exp.model, 12)
     one_device = jax.pmap(lambda p, s, b: loss_fn(p, s, b, jax.random.key(1), {}), "data")
     lead = lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x)[None], t)
     loss, (_, aux) = one_device(*lead((state.params, state, batch)))
@@ -112,12 +126,13 @@ def test_teacher_batchnorm_keeps_running_statistics():
     old = jax.tree_util.tree_leaves(state.extra["batch_stats"])
     assert len(new) == len(old) and any(not np.allclose(a[0], b) for a, b in zip(new, old))
     # The whole step (make_step + post_update) stores them.
-    from sb3dr_jax.train import data_parallel, make_step
+    from sb3dr_jax.train import data_parallel
 
     dp = data_parallel("pmap", jax.devices()[:1])
-    model, opt = pretrain.teacher_model(cfg), pretrain.make_optimizer(cfg.optim, 10)
-    step = dp.step(make_step(pretrain.make_loss_fn(cfg, model, 12), opt,
-                             post_update=pretrain.make_post_update(cfg, 10, 4)))  # fmt: skip
+    step = dp.step(
+        teacher.build(cfg, example_views=views[:1], num_shapes=4, num_views=12,
+                      steps_per_epoch=4).step
+    )  # fmt: skip
     batch = {"views": views[None], "index": np.arange(4)[None], "label": np.zeros((1, 4), np.int32)}
     new_state, _ = step(dp.replicate(state), batch, jax.random.key(1), {})
     stored = [np.asarray(a[0]) for a in jax.tree_util.tree_leaves(new_state.extra["batch_stats"])]

@@ -44,7 +44,7 @@ def main():
     from sb3dr_jax.models import build_model, init_student_from_teacher
     from sb3dr_jax.models.common import centre_and_normalize, l2_normalize
     from sb3dr_jax.objectives.kd import class_centres
-    from sb3dr_jax.pretrain import load_teacher
+    from sb3dr_jax.teacher import load as load_teacher
     from sb3dr_jax.train.augment import augment_sketches
     from sb3dr_jax.train.loop import load_config
 
@@ -67,7 +67,9 @@ def main():
     params = model.init(jax.random.key(0), jnp.zeros((1, s, s, 1), jnp.uint8))["params"]
     if a.init_from_teacher:
         chans = list(b.info.metadata["render"]["channels"])
-        params = init_student_from_teacher(params, load_teacher(a.teacher)[1], chans.index("line"))
+        params = init_student_from_teacher(
+            params, load_teacher(a.teacher).params, chans.index("line")
+        )
     opt = optax.adamw(a.lr, weight_decay=1e-4)
     state = opt.init(params)
 

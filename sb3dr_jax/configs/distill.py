@@ -65,12 +65,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             erase_frac=0.2,
         )
     )
+    # terms: {name: weight} of the student loss (sb3dr_jax/student.py LOSS_TERMS): cen = centre
+    # alignment, rel = relational KD, kl = soft-label KD, et = enhanced triplet; 0 drops a term.
     c.loss = ml_collections.ConfigDict(
         dict(
-            w_cen=1.0,
-            w_rel=1.0,
-            w_kl=1.0,
-            w_et=1.0,
+            terms=ml_collections.ConfigDict(dict(cen=1.0, rel=1.0, kl=1.0, et=1.0)),
             lam=0.1,
             temperature=0.1,
             relational="sp",  # "sp" (similarity preserving) | "rkd"
@@ -89,15 +88,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # anchor has in-batch positives), elastic + erased-square sketch augmentation (without
         # it the student memorises ~9 sketches per class and stays near chance on new ones),
         # and the soft-label KD term against the teacher's class centres at full strength:
-        # w_kl = 1 / T^2 undoes Hinton's T^2 factor, which at T = 0.1 shrinks the term 100x.
+        # terms.kl = 1 / T^2 undoes Hinton's T^2 factor, which at T = 0.1 shrinks the term 100x.
         c.sketch_data.sampler = "pk"
         c.sketch_aug.update(elastic=2.0, erase=2)
-        c.loss.update(kl_target="centre", w_kl=100.0)
+        c.loss.kl_target = "centre"
+        c.loss.terms.kl = 100.0
         c.global_batch, c.total_steps = 64, 2000
     if "val" in a:
         c.sketch_data.val_fraction = float(a["val"] or 0.2)
     if "no_kd" in a or "plain_triplet" in a:
-        c.loss.update(w_cen=0.0, w_rel=0.0, w_kl=0.0)
+        c.loss.terms.update(cen=0.0, rel=0.0, kl=0.0)
     if "plain_triplet" in a:
         c.loss.update(mu=0.0, nu=0.0)
     c.optim = ml_collections.ConfigDict(

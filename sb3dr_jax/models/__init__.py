@@ -21,7 +21,7 @@ from sb3dr_jax.models.multiview import (
     SSLModel,
     ViewPooling,
 )
-from sb3dr_jax.models.resnet import PRESETS, ResNet, resnet, resolve_conv_impl
+from sb3dr_jax.models.resnet import PRESETS, ResNet, conv_module, resnet
 
 __all__ = [
     "MODEL_KWARGS",
@@ -63,7 +63,7 @@ def _backbone(kw: dict[str, Any]) -> ResNet:
         groups=kw.get("groups") or None,
         dtype=DTYPES[dtype],
         axis_name=kw.get("axis_name"),
-        conv_impl=resolve_conv_impl(kw.get("conv_impl", "xla")),
+        conv=conv_module(kw.get("conv_impl", "xla")),
         stem=kw.get("stem", "conv"),
         pool=kw.get("pool", "window"),
     )

@@ -10,7 +10,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sb3dr_jax.models.common import normalize_uint8
+from sb3dr_jax.models.common import in_chunks, normalize_uint8
 from sb3dr_jax.models.resnet import ResNet
 
 HEAD_NORMS = ("layer", "batch")
@@ -69,12 +69,10 @@ class ViewPooling(nn.Module):
 
 
 def chunked(backbone: ResNet, x: jnp.ndarray, chunk: int, train: bool) -> jnp.ndarray:
-    """`backbone(x)` on at most `chunk` images at a time (0: all at once).
+    """`backbone(x)` on at most `chunk` images at a time (0: all at once; `in_chunks`).
 
     Same result with GroupNorm (per image); BatchNorm needs the whole batch, so it is never
-    chunked. On CPU the chunks are independent chains XLA runs side by side on its threads, and
-    each convolution's working set stays in cache (teacher step 0.196 -> 0.137 s at batch 16
-    with XLA's convolutions; benchmarks/README.md).
+    chunked.
 
     Args:
       backbone: the (shared) ResNet.
@@ -85,12 +83,9 @@ def chunked(backbone: ResNet, x: jnp.ndarray, chunk: int, train: bool) -> jnp.nd
     Returns:
       [N, F] features.
     """
-    n = x.shape[0]
-    if 0 < chunk < n and backbone.norm != "batch":
-        return jnp.concatenate(
-            [backbone(x[i : i + chunk], train=train) for i in range(0, n, chunk)]
-        )
-    return backbone(x, train=train)
+    return in_chunks(
+        lambda xs: backbone(xs, train=train), 0 if backbone.norm == "batch" else chunk, x
+    )
 
 
 class MultiViewEncoder(nn.Module):

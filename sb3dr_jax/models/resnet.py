@@ -72,6 +72,28 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 @functools.cache
+def conv_module(impl: str) -> Any:
+    """The convolution module a `ResNet` is built with, for `model.conv_impl`: the one place
+    where the CPU kernels are chosen.
+
+    Args:
+      impl: "xla", "onednn" or "auto" (resolved with `resolve_conv_impl`).
+
+    Returns:
+      `nn.Conv` (XLA's convolutions), or `nn.Conv` computing through oneDNN's custom calls
+      (kernels/onednn.py). Cached: one object per choice, so equal configs build equal modules.
+
+    Raises:
+      ValueError: as `resolve_conv_impl`.
+    """
+    if resolve_conv_impl(impl) == "onednn":
+        from sb3dr_jax.kernels import onednn
+
+        return functools.partial(nn.Conv, conv_general_dilated=onednn.conv_general_dilated)
+    return nn.Conv
+
+
+@functools.cache
 def _warn_once(msg: str) -> None:
     logging.warning(msg)
 
@@ -240,8 +262,9 @@ class ResNet(nn.Module):
     groups: int = 8
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    # Convolution kernels: XLA's, or oneDNN's through custom calls (CPU; kernels/onednn.py).
-    conv_impl: str = "xla"
+    # The convolution module (as flax's ResNet takes `conv`): `nn.Conv`, or the one
+    # `conv_module(model.conv_impl)` picks (oneDNN's kernels on CPU; kernels/onednn.py).
+    conv: Any = nn.Conv
     stem: str = "conv"  # STEMS: how the 7x7 stem (96 px and up) is computed
     pool: str = "window"  # POOLS: how its max-pool is computed
 
@@ -255,10 +278,6 @@ class ResNet(nn.Module):
             raise ValueError(f"model.stem: unknown {self.stem!r}; choose from {STEMS}")
         if self.pool not in POOLS:
             raise ValueError(f"model.pool: unknown {self.pool!r}; choose from {POOLS}")
-        if self.conv_impl not in CONV_IMPLS[:2]:
-            raise ValueError(
-                f"model.conv_impl: {self.conv_impl!r} (resolve 'auto' with resolve_conv_impl)"
-            )
         if self.num_filters < 1 or self.groups < 1 or not self.stage_sizes:
             raise ValueError(
                 f"model: num_filters={self.num_filters}, groups={self.groups} and "
@@ -281,11 +300,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet input: expected [N, H, W, C], got shape {x.shape}")
         x = x.astype(self.dtype)
         norm = functools.partial(_norm, self.norm, train, self.dtype, self.axis_name, self.groups)
-        conv = nn.Conv
-        if self.conv_impl == "onednn":
-            from sb3dr_jax.kernels import onednn
-
-            conv = functools.partial(nn.Conv, conv_general_dilated=onednn.conv_general_dilated)
+        conv = self.conv
         # ImageNet stem (7x7/2 + max-pool) from 96 px up; a strided 3x3 stem at 48-95 px (the
         # CPU configs' 64 px views); full resolution below, where every pixel matters.
         if x.shape[1] >= 96:

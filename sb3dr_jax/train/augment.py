@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sb3dr_jax.models.common import in_chunks
+
 RESAMPLE_IMPLS = ("map_coordinates", "rows")
 
 
@@ -154,20 +156,9 @@ def _resample_each(affine, keys: jax.Array, images: jnp.ndarray, *args, chunk: i
     if images.dtype == jnp.uint8 and impl == "map_coordinates":
         images = images.astype(jnp.float32) * (1.0 / 255.0)
     dtype = dtype or (jnp.float32 if images.dtype == jnp.uint8 else images.dtype)
-    n = images.shape[0]
-    if 0 < chunk < n:
-        parts = [
-            _resample_each(
-                affine,
-                keys[i : i + chunk],
-                images[i : i + chunk],
-                *(a[i : i + chunk] for a in args),
-                impl=impl,
-                dtype=dtype,
-            )
-            for i in range(0, n, chunk)
-        ]
-        return jnp.concatenate(parts)
+    if 0 < chunk < images.shape[0]:
+        each = lambda k, im, *a: _resample_each(affine, k, im, *a, impl=impl, dtype=dtype)
+        return in_chunks(each, chunk, keys, images, *args)
     scale = 1.0 / 255.0 if images.dtype == jnp.uint8 else 1.0
 
     def one(key, img, *a):  # img [H, W, C]
@@ -394,13 +385,7 @@ def augment_sketches(
             out = out * erase_mask(k_er, size, erase, erase_frac)[:, :, None]
         return out
 
-    n = images.shape[0]
-    if 0 < chunk < n:
-        parts = [
-            jax.vmap(one)(keys[i : i + chunk], images[i : i + chunk]) for i in range(0, n, chunk)
-        ]
-        return jnp.concatenate(parts).astype(images.dtype)
-    return jax.vmap(one)(keys, images).astype(images.dtype)
+    return in_chunks(jax.vmap(one), chunk, keys, images).astype(images.dtype)
 
 
 def bcl_strength(rng: jax.Array, weights: jnp.ndarray, s: float = 1.0) -> jnp.ndarray:
