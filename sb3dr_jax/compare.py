@@ -29,7 +29,7 @@ import jax
 import ml_collections
 
 from sb3dr_jax import baselines
-from sb3dr_jax.baselines.harness import jsonable, select
+from sb3dr_jax.baselines.harness import choose, jsonable
 from sb3dr_jax.configs.common import ConfigError
 from sb3dr_jax.evals import report
 from sb3dr_jax.registry import Registry
@@ -146,17 +146,8 @@ def run_thesis(config, name: str, workdir: str, output_dir: str) -> dict:
         summary["train_s"] = time.perf_counter() - t0
         summary["info"] = {"method": name, "lr": float(sc.optim.lr), "args": args}
         results.append(summary)
-    best = select(results)
-    out = dict(results[best])
-    out.update(
-        chosen=best,
-        trials=[
-            {"lr": r["info"]["lr"], "val_mAP": r["val"]["mAP"] if "val" in r else None}
-            for r in results
-        ],
-        train_s=float(sum(r["train_s"] for r in results)),
-        teacher_s=teacher_s,
-    )
+    out = choose(results)
+    out["teacher_s"] = teacher_s
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -151,6 +151,8 @@ def test_compare_every_method_two_steps_on_smoke_data(
     cfg = get_config("smoke,val,trials=1")
     cfg.dataset.data_dir = smoke_data_dir
     cfg.model.update(num_filters=4, conv_impl="xla", stage_sizes=(1,))
+    cfg.augment = False  # one compilation less per baseline; the step is the same code path
+    cfg.log_every = cfg.ckpt_every = 2  # one checkpoint per run: orbax saves cost ~1 s each
     cfg.teachers.bcl = teacher_workdir  # the session's smoke teacher; `none` is trained here
     out = str(tmp_path / "cmp")
     results = compare.run(cfg, out)

@@ -65,9 +65,7 @@ def _optimizer(config, stage: Stage) -> optax.GradientTransformation:
     # CGN's student stage: the shape encoder (and its head) stay as stage 1 left them; a
     # zero update also keeps AdamW's weight decay off them.
     label = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen"
-        if path[0].key == "net" and path[1].key != "sketch"
-        else "train",
+        lambda path, _: "frozen" if path[0].key == "net" and path[1].key != "sketch" else "train",
         params,
     )
     return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, label)
@@ -315,32 +313,27 @@ def evaluate(config, model, method: Method, params, data: JointData) -> dict:
 def _train_stage(config, workdir, data: JointData, dp, stage: int, net_params, method):
     """Prepares, builds and fits one stage; returns (model, final host params)."""
     st = method.stages[stage]
-    v = data.views.shape[1:]
-    consts = None
     nc = len(data.class_names)
-    if st.prepare is not None:
-        probe = build(
+
+    def make(consts):
+        return build(
             config,
             num_classes=nc,
             sketch_size=data.sketches.shape[1],
-            view_shape=v,
+            view_shape=data.views.shape[1:],
             stage=stage,
+            consts=consts,
             net_params=net_params,
-            consts={},
         )
+
+    consts = None
+    if st.prepare is not None:
+        probe = make({})  # the encoders as this stage starts, to prepare its consts
         _, g_fn = encoders(probe.model, method)
         tr = data.train_shapes
         emb = _embed(g_fn, probe.state.params, data.views[tr], int(config.eval.global_batch))
         consts = st.prepare(probe.info["hp"], emb, data.shape_labels[tr], nc)
-    exp = build(
-        config,
-        num_classes=nc,
-        sketch_size=data.sketches.shape[1],
-        view_shape=v,
-        stage=stage,
-        consts=consts,
-        net_params=net_params,
-    )
+    exp = make(consts)
     final = fit(
         config=config,
         workdir=workdir,
@@ -407,6 +400,19 @@ def trial_configs(config) -> list:
     return out
 
 
+def choose(results: list[dict]) -> dict:
+    """The summary of the trial with the best validation mAP, with `chosen` (its index),
+    `trials` (each trial's lr and validation mAP) and `train_s` summed over all trials."""
+    best = select(results)
+    summary = dict(results[best])
+    summary["chosen"] = best
+    summary["trials"] = [
+        {"lr": r["info"]["lr"], "val_mAP": r["val"]["mAP"] if "val" in r else None} for r in results
+    ]
+    summary["train_s"] = float(sum(r["train_s"] for r in results))
+    return summary
+
+
 def select(trials: list[dict]) -> int:
     """Index of the trial with the best validation mAP (the first when there is no val)."""
     scores = [t["val"]["mAP"] if "val" in t else 0.0 for t in trials]
@@ -432,14 +438,8 @@ def run(config, workdir: str) -> dict:
     for i, c in enumerate(configs):
         sub = workdir if len(configs) == 1 else os.path.join(workdir, f"trial_{i}")
         results.append(train_one(c, sub, data))
-    best = select(results)
-    summary = dict(results[best])
-    summary["chosen"] = best
-    summary["trials"] = [
-        {"lr": r["info"]["lr"], "val_mAP": r["val"]["mAP"] if "val" in r else None}
-        for r in results
-    ]
-    summary["train_s"] = float(sum(r["train_s"] for r in results))
+    summary = choose(results)
+    best = summary["chosen"]
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from sb3dr_jax.configs import distill
 from sb3dr_jax.configs.common import dataset_config, parse_args
 
 THESIS_METHODS = ("ssltkd", "ssl", "plain_triplet", "no_longtail")
@@ -31,40 +32,20 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     methods = a.get("methods", "")
     c.methods = [m for m in methods.split("+") if m] or [*BASELINE_METHODS, *THESIS_METHODS]
     c.dataset = dataset_config(a.get("dataset", "demo"), smoke=smoke)
-    # The backbone every method uses (the thesis student's); `embed_dim` is the joint space.
-    c.model = ml_collections.ConfigDict(
-        dict(
-            backbone="resnet_tiny",
-            num_filters=0,
-            norm="group",
-            dtype="float32",
-            hidden=256,
-            embed_dim=128,
-            conv_impl="auto",
-            chunk=8,
-            view_chunk=16,
-            lwbr_iters=20,
-            # The baselines' ResNet stages (empty: the backbone preset's). Tests use (1,) to
-            # compile in seconds; the thesis trainers always use the preset.
-            stage_sizes=(),
-        )
-    )
-    # The thesis `pkaug` recipe's sampling and sketch augmentation, for every method.
+    # The backbone every method uses: the thesis student's model block, plus the joint space
+    # (`embed_dim`), the shape encoder's views per backbone call and LWBR's Sinkhorn steps.
+    pkaug = distill.get_config("pkaug")
+    c.model = ml_collections.ConfigDict(pkaug.model.to_dict())
+    c.model.embed_dim = 128
+    c.model.view_chunk = 16
+    c.model.lwbr_iters = 20
+    # The baselines' ResNet stages (empty: the backbone preset's). Tests use (1,) to compile
+    # in seconds; the thesis trainers always use the preset.
+    c.model.stage_sizes = ()
+    # The thesis `pkaug` recipe's sampling (P x K) and sketch augmentation, for every method.
     c.augment = True
-    c.sketch_aug = ml_collections.ConfigDict(
-        dict(
-            min_scale=0.85,
-            max_rot_deg=8.0,
-            flip=True,
-            elastic=2.0,
-            elastic_grid=4,
-            erase=2,
-            erase_frac=0.2,
-        )
-    )
-    c.sketch_data = ml_collections.ConfigDict(
-        dict(sampler="pk", pk_k=4, val_fraction=0.0, val_seed=0)
-    )
+    c.sketch_aug = ml_collections.ConfigDict(pkaug.sketch_aug.to_dict())
+    c.sketch_data = ml_collections.ConfigDict(pkaug.sketch_data.to_dict())
     c.optim = ml_collections.ConfigDict(
         dict(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=30, grad_clip=1.0)
     )
