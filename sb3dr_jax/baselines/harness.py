@@ -366,7 +366,12 @@ def train_one(config, workdir: str, data: JointData | None = None) -> dict:
     t0, net, model, params = time.perf_counter(), None, None, None
     for i, st in enumerate(method.stages):
         sub = workdir if len(method.stages) == 1 else os.path.join(workdir, st.name)
-        model, params = _train_stage(config, sub, data, dp, i, net, method)
+        c = config
+        if i < len(method.stages) - 1:
+            # A teacher stage (CGN's classifier) gets the thesis teacher's budget.
+            c = ml_collections.ConfigDict(config.to_dict())
+            c.total_steps = int(config.teacher_steps)
+        model, params = _train_stage(c, sub, data, dp, i, net, method)
         net = params["net"]
     train_s = time.perf_counter() - t0
     summary = evaluate(config, model, method, params, data)
