@@ -204,3 +204,16 @@ def test_registry_maps_baseline_names(name, attr):
 def test_registry_rejects_unknown_names():
     with pytest.raises(ValueError, match="choose from"):
         get_objective("sem")
+
+
+def test_cosine_logits_and_am_softmax():
+    z, w = RNG.normal(size=(5, 4)), RNG.normal(size=(4, 3))
+    y = np.array([0, 2, 1, 1, 0])
+    s, m = 8.0, 0.3
+    cos = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
+    np.testing.assert_allclose(baselines.cosine_logits(z, w, s), s * cos, rtol=1e-5)
+    logits = s * cos - s * m * np.eye(3)[y]
+    ref = -(logits[np.arange(5), y] - np.log(np.exp(logits).sum(1)))
+    out = baselines.am_softmax_loss(z, y, w, s, m)
+    chex.assert_shape(out, (5,))
+    np.testing.assert_allclose(out, ref, rtol=1e-5)

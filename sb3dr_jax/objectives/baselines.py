@@ -248,3 +248,39 @@ def cross_modal_self_distillation(
     return soft_target_kl(
         sketch_logits, view_class_probs[sketch_labels], temperature
     ) + w_self * soft_target_kl(sketch_logits, sketch_memory_probs[sketch_labels], temperature)
+
+
+def cosine_logits(z, weights, scale: float = 16.0) -> jnp.ndarray:
+    """scale * cos(z_i, w_c): a normalised linear classifier (AM-softmax, CMSD, quadruplet).
+
+    Args:
+      z: [b, E] features.
+      weights: [E, C] class weight vectors (columns).
+      scale: s, the logit scale.
+
+    Returns:
+      [b, C] logits.
+    """
+    zn = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
+    wn = weights / jnp.maximum(jnp.linalg.norm(weights, axis=0, keepdims=True), 1e-8)
+    return scale * (zn @ wn)
+
+
+def am_softmax_loss(z, labels, weights, scale: float = 16.0, margin: float = 0.35) -> jnp.ndarray:
+    """AM-softmax (Wang et al. 2018), the CGN teacher's classifier loss (Dai & Liang, ICME 2020).
+
+    L_i = -log( e^{s (cos_{y_i} - m)} / (e^{s (cos_{y_i} - m)} + sum_{j != y_i} e^{s cos_j}) ).
+
+    Args:
+      z: [b, E] features.
+      labels: [b] classes.
+      weights: [E, C] class weight vectors.
+      scale: s.
+      margin: m, subtracted from the target cosine.
+
+    Returns:
+      [b] losses.
+    """
+    logits = cosine_logits(z, weights, scale)
+    logits = logits - scale * margin * jax.nn.one_hot(labels, weights.shape[1], dtype=logits.dtype)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1)[:, 0]
