@@ -10,11 +10,10 @@ Writes checkpoints, metrics and `summary.json` (the SHREC figures of the test sk
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
-from sb3dr_jax import allocator
 
 config_flags.DEFINE_config_file("config", common.config_path("compare"), "Compare config file.")
 common.define_output_workdir("")
@@ -32,5 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    allocator.reexec_with_tcmalloc()  # XLA:CPU steps ~24% shorter: sb3dr_jax/allocator.py
-    app.run(main)
+    common.start(main)  # tcmalloc re-exec, then absl

@@ -6,9 +6,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sb3dr_jax.models import DTYPES, MLP, MultiViewEncoder, SketchEncoder, resnet
+from sb3dr_jax.models import MLP, MultiViewEncoder, SketchEncoder, backbone
 from sb3dr_jax.models.common import l2_normalize
-from sb3dr_jax.models.resnet import resolve_conv_impl
 from sb3dr_jax.objectives.baselines import lwbr_descriptor
 
 POOLINGS = ("max", "mean", "lwbr")
@@ -63,19 +62,9 @@ class JointModel(nn.Module):
 
 
 def _backbone(m: dict):
-    """A fresh ResNet from the `model` block; `stage_sizes` (optional, empty = the preset's)
-    lets tests compile a one-stage network."""
-    return resnet(
-        m.get("backbone", "resnet_tiny"),
-        num_filters=m.get("num_filters") or None,  # 0: the preset's width
-        norm=m.get("norm", "group"),
-        groups=m.get("groups") or None,
-        dtype=DTYPES[m.get("dtype", "float32")],
-        conv_impl=resolve_conv_impl(m.get("conv_impl", "xla")),
-        stem=m.get("stem", "conv"),
-        pool=m.get("pool", "window"),
-        stage_sizes=tuple(m.get("stage_sizes") or ()) or None,
-    )
+    """A fresh ResNet from the `model` block (`models.backbone`: the one place a backbone and
+    its convolution are chosen)."""
+    return backbone(dict(m))
 
 
 def joint_model(model_cfg, pooling: str) -> JointModel:
@@ -96,8 +85,6 @@ def joint_model(model_cfg, pooling: str) -> JointModel:
     if pooling not in POOLINGS:
         raise ValueError(f"method pooling: unknown {pooling!r}; choose from {POOLINGS}")
     m = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-    if m.get("dtype", "float32") not in DTYPES:
-        raise ValueError(f"model.dtype: unknown {m['dtype']!r}; choose from {sorted(DTYPES)}")
     e, hidden = int(m["embed_dim"]), int(m.get("hidden", 256))
     sketch = SketchEncoder(_backbone(m), embed_dim=e, hidden=hidden, chunk=int(m.get("chunk", 0)))
     shape = MultiViewEncoder(

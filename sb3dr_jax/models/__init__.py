@@ -66,7 +66,22 @@ def _backbone(kw: dict[str, Any]) -> ResNet:
         conv=conv_module(kw.get("conv_impl", "xla")),
         stem=kw.get("stem", "conv"),
         pool=kw.get("pool", "window"),
+        # Optional, empty = the preset's: lets tests compile a one-stage network.
+        stage_sizes=tuple(kw.get("stage_sizes") or ()) or None,
     )
+
+
+def backbone(kw: dict[str, Any]) -> ResNet:
+    """A fresh ResNet from a `model` block (backbone, num_filters, norm, groups, dtype,
+    axis_name, conv_impl, stem, pool, stage_sizes; the other keys are ignored).
+
+    Args:
+      kw: the model block, as a dict.
+
+    Returns:
+      The ResNet module, its convolution chosen by `resnet.conv_module(conv_impl)`.
+    """
+    return _backbone(kw)
 
 
 def feature_dim(**kw) -> int:
