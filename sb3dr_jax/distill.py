@@ -22,6 +22,7 @@ from sb3dr_jax.evaluate import evaluate_student
 from sb3dr_jax.serving.export import save_export
 from sb3dr_jax.student import teacher_table
 from sb3dr_jax.train import data_parallel, fit
+from sb3dr_jax.train.encode import embed_arrays
 from sb3dr_jax.train.loop import save_config, write_metrics
 
 SUMMARY_KEYS = ("NN", "FT", "ST", "E", "DCG", "mAP", "mAP_shrec_matlab", "mAP_pr_mean")
@@ -113,14 +114,8 @@ def evaluate_arrays(model, params, images, labels, index, config) -> dict:
     from sb3dr_jax import evals
 
     fn = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)[0])
-    b = int(config.eval.global_batch)
-    embs = []
-    for i in range(0, len(images), b):
-        x = images[i : i + b]
-        pad = np.zeros((b - len(x),) + x.shape[1:], x.dtype)
-        embs.append(np.asarray(fn(params, np.concatenate([x, pad])))[: len(x)])
     return evals.evaluate_retrieval(
-        np.concatenate(embs),
+        embed_arrays(fn, params, images, int(config.eval.global_batch)),
         labels,
         index.embeddings,
         index.labels,

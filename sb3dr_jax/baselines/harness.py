@@ -30,6 +30,7 @@ from sb3dr_jax.experiment import Experiment
 from sb3dr_jax.models.common import normalize_uint8
 from sb3dr_jax.train import TrainState, data_parallel, fit, gather, make_optimizer, make_step
 from sb3dr_jax.train.augment import augment_sketches
+from sb3dr_jax.train.encode import embed_arrays
 from sb3dr_jax.train.loop import save_config, write_metrics
 from sb3dr_jax.train.step import sample_keys
 
@@ -246,16 +247,6 @@ def joint_batches(data: JointData, config):
         }
 
 
-def _embed(fn, params, arrays: np.ndarray, batch: int) -> np.ndarray:
-    """`fn(params, x)` over `arrays` in padded host batches (one compilation), [N, E]."""
-    out = []
-    for i in range(0, len(arrays), batch):
-        x = arrays[i : i + batch]
-        pad = np.zeros((batch - len(x),) + x.shape[1:], x.dtype)
-        out.append(np.asarray(fn(params, np.concatenate([x, pad])))[: len(x)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
 def encoders(model, method: Method):
     """Jitted (query fn, gallery fn) of a trained joint model: `fn(params, x) -> [B, E]`."""
 
@@ -280,7 +271,7 @@ def evaluate(config, model, method: Method, params, data: JointData) -> dict:
 
     q_fn, g_fn = encoders(model, method)
     b = int(config.eval.global_batch)
-    gallery = _embed(g_fn, params, data.views, b)  # [M, E]
+    gallery = embed_arrays(g_fn, params, data.views, b)  # [M, E]
     kw = dict(
         class_names=data.class_names,
         group_thresholds=(int(config.eval.head_min), int(config.eval.tail_max)),
@@ -290,7 +281,7 @@ def evaluate(config, model, method: Method, params, data: JointData) -> dict:
     if len(test_images) == 0:
         raise ValueError(f"{data.builder.info.full_name}: split 'sketch_test' has no sketches")
     summary = evals.evaluate_retrieval(
-        _embed(q_fn, params, test_images, b),
+        embed_arrays(q_fn, params, test_images, b),
         test_labels,
         gallery,
         data.shape_labels,
@@ -301,7 +292,7 @@ def evaluate(config, model, method: Method, params, data: JointData) -> dict:
     if len(data.val_sketches):
         v = data.val_sketches
         summary["val"] = evals.evaluate_retrieval(
-            _embed(q_fn, params, data.sketches[v], b),
+            embed_arrays(q_fn, params, data.sketches[v], b),
             data.sketch_labels[v],
             gallery,
             data.shape_labels,
@@ -331,7 +322,7 @@ def _train_stage(config, workdir, data: JointData, dp, stage: int, net_params, m
         probe = make({})  # the encoders as this stage starts, to prepare its consts
         _, g_fn = encoders(probe.model, method)
         tr = data.train_shapes
-        emb = _embed(g_fn, probe.state.params, data.views[tr], int(config.eval.global_batch))
+        emb = embed_arrays(g_fn, probe.state.params, data.views[tr], int(config.eval.global_batch))
         consts = st.prepare(probe.info["hp"], emb, data.shape_labels[tr], nc)
     exp = make(consts)
     final = fit(

@@ -56,3 +56,24 @@ def encode_split(
             .reshape(-1)
         )
     return emb[mask].astype(np.float32), lab[mask], [i.rstrip(b"\0").decode() for i in idv[mask]]
+
+
+def embed_arrays(fn: Callable, params, arrays: np.ndarray, batch: int) -> np.ndarray:
+    """Embeds in-memory items on one device, in host batches padded to `batch` (so a jitted
+    `fn` compiles once).
+
+    Args:
+      fn: a jitted `(params, x [batch, ...]) -> embeddings [batch, E]`.
+      params: the params `fn` takes.
+      arrays: the items [N, ...].
+      batch: items per call.
+
+    Returns:
+      The embeddings [N, E] (an empty [0, 0] array for no items).
+    """
+    out = []
+    for i in range(0, len(arrays), batch):
+        x = arrays[i : i + batch]
+        pad = np.zeros((batch - len(x),) + x.shape[1:], x.dtype)
+        out.append(np.asarray(fn(params, np.concatenate([x, pad])))[: len(x)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
