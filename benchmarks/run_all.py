@@ -27,7 +27,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # Order matters only for readability of the output.
-BENCHMARKS = ("render", "pipeline", "train_steps", "conv_kernels", "torch_reference", "retrieval")
+BENCHMARKS = (
+    "render",
+    "pipeline",
+    "input_cores",
+    "train_steps",
+    "conv_kernels",
+    "torch_reference",
+    "retrieval",
+)
 
 
 def _environment() -> dict:

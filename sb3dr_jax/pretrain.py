@@ -34,7 +34,12 @@ def run(config, workdir: str):
     require_splits(builder, ("shapes",), needed_by="pretrain")
     num_shapes = builder.info.splits["shapes"].num_examples
     dp = data_parallel(config.parallel)
-    batches = shape_batches(builder, global_batch=config.global_batch, seed=config.seed)
+    batches = shape_batches(
+        builder,
+        global_batch=config.global_batch,
+        seed=config.seed,
+        cache_gib=float(config.dataset.cache_gib),
+    )
     example = next(shape_batches(builder, global_batch=config.global_batch, seed=0))["views"][0, :1]
     exp = teacher.build(
         config,

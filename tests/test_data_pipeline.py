@@ -10,6 +10,7 @@ from sb3dr_jax.configs.common import dataset_config
 from sb3dr_jax.data import dataset_from_config
 from sb3dr_jax.data.cla import Cla, ClaClass, read_cla, write_cla
 from sb3dr_jax.data.pipeline import (
+    decoded_views_gib,
     eval_batches,
     per_device_batch,
     process_split,
@@ -38,6 +39,36 @@ def test_shape_and_sketch_batches(smoke_builder):
     np.testing.assert_array_equal(a1, a2)  # deterministic given the seed
     with pytest.raises(ValueError, match="multiple"):
         per_device_batch(12, 1, 8)
+
+
+def test_cached_shape_batches_match_streaming_and_stop_reading(smoke_builder, tmp_path):
+    import tensorflow_datasets as tfds
+
+    # A private copy of the records: the test deletes them mid-run.
+    copy = tmp_path / "records"
+    shutil.copytree(smoke_builder.data_dir, copy)
+    builder = tfds.builder_from_directory(str(copy))
+    n = builder.info.splits["shapes"].num_examples
+    r = builder.info.metadata["render"]
+    assert decoded_views_gib(builder) == pytest.approx(
+        n * r["num_views"] * r["resolution"] ** 2 * len(r["channels"]) / 2**30
+    )
+    stream = shape_batches(builder, global_batch=8, seed=3)
+    cached = shape_batches(builder, global_batch=8, seed=3, cache_gib=1.0)
+    over = shape_batches(builder, global_batch=8, seed=3, cache_gib=decoded_views_gib(builder) / 2)
+    epoch = -(-n // 8) + 1  # past the end of the first pass
+    for _ in range(epoch):
+        a, b, c = next(stream), next(cached), next(over)
+        for k in ("views", "index", "label"):  # the same batches, in the same order
+            np.testing.assert_array_equal(a[k], b[k])
+            np.testing.assert_array_equal(a[k], c[k])
+    for f in copy.glob("*shapes.tfrecord*"):
+        f.unlink()
+    for _ in range(2 * epoch):  # the cached pipeline no longer reads the records
+        next(cached)
+    with pytest.raises(Exception, match="shapes.tfrecord"):  # over its budget: it streams
+        for _ in range(2 * epoch):
+            next(over)
 
 
 @pytest.mark.parametrize("split", ["shapes", "sketch_test"])

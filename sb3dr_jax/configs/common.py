@@ -57,6 +57,11 @@ def dataset_config(name: str = "demo", *, smoke: bool = False) -> ml_collections
     if name in SHORTCUTS:
         c.name, c.root = "shared", shared_data_root(SHORTCUTS[name])
     c.data_dir = "data_cache/tfds"
+    # Keep the decoded training views in host memory when one process's part takes at most
+    # this many GiB (0: inflate the zlib records every epoch, ~8,000 views of 128 px per
+    # core-second, benchmarks/input_cores.py). Every benchmark set fits: SHREC'14 at 128 px
+    # is 5.3 GiB.
+    c.cache_gib = 8.0
     c.render = ml_collections.ConfigDict(
         dict(
             num_views=12,

@@ -121,8 +121,30 @@ def _batched(ds: tf.data.Dataset, d: int, b: int) -> Iterator[dict[str, np.ndarr
         yield {k: v.reshape((d, b) + v.shape[1:]) for k, v in batch.items()}
 
 
+def decoded_views_gib(builder, process_count: int = 1) -> float:
+    """GiB of uint8 views one process holds when it caches its part of the shapes split.
+
+    Args:
+      builder: a prepared builder.
+      process_count: processes that split the shapes between them.
+
+    Returns:
+      The decoded size in GiB (items x V x H x W x C bytes / processes).
+    """
+    r = builder.info.metadata["render"]
+    per_item = int(r["num_views"]) * int(r["resolution"]) ** 2 * len(r["channels"])
+    return builder.info.splits["shapes"].num_examples * per_item / process_count / 2**30
+
+
 def shape_batches(
-    builder, *, global_batch: int, seed: int = 0, repeat: bool = True, shuffle_buffer: int = 1024
+    builder,
+    *,
+    global_batch: int,
+    seed: int = 0,
+    repeat: bool = True,
+    shuffle_buffer: int = 1024,
+    cache_gib: float = 0.0,
+    threads: int = 4,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Training batches of shapes for the teacher.
 
@@ -132,6 +154,11 @@ def shape_batches(
       seed: shuffling seed (per process it is offset by the process index).
       repeat: loop forever (training) or stop after one pass.
       shuffle_buffer: tf.data shuffle buffer size.
+      cache_gib: keep this process's decoded views in host memory after the first pass when
+        they take at most this many GiB (`decoded_views_gib`); 0 decodes every epoch. Inflating
+        the zlib records is the pipeline's main cost (benchmarks/input_cores.py), and every
+        benchmark set fits: SHREC'14's 8,987 shapes at 128 px are 5.3 GiB.
+      threads: tf.data's private thread pool (the host cores the pipeline may use).
 
     Returns:
       An iterator of {"views": uint8 [D, b, V, H, W, C], "label": int32 [D, b],
@@ -139,7 +166,13 @@ def shape_batches(
     """
     pi, pc, d = _topology()
     b = per_device_batch(global_batch, pc, d)
-    ds = _read(builder, "shapes", shuffle_files=True, seed=seed + pi)
+    ds = _read(builder, "shapes", shuffle_files=True, seed=seed + pi, threads=threads)
+    if cache_gib > 0 and decoded_views_gib(builder, pc) <= cache_gib:
+        # Before `repeat`: a split in one record file (every dev set) yields the same items
+        # in the same order as streaming, so training is unchanged and only decoding stops;
+        # with several files the first epoch's file order is kept (the shuffle buffer still
+        # reorders the items every epoch).
+        ds = ds.cache()
     if repeat:
         ds = ds.repeat()
     ds = ds.shuffle(shuffle_buffer, seed=seed + pi, reshuffle_each_iteration=True)
