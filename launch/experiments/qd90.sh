@@ -8,8 +8,9 @@
 #                                                       the training sketches and also report
 #                                                       eval/sketch_val/*)
 #
-# cpu: resnet_tiny teacher 600 steps (BYOL + BCL, batch 16) + `pkaug` student (batch 64 x 2000
-# steps); teacher + student ~25 CPU-minutes per seed on 2 cores (docs/retrieval_diagnosis.md).
+# cpu: resnet_tiny teacher 600 steps (BYOL + BCL, batch 16) + `pkaug` student (batch 64 x 6000
+# steps, chosen over 2000 on the validation split over 3 seeds); teacher + student ~16
+# CPU-minutes of user time per seed (docs/retrieval_diagnosis.md, section 4).
 # gpu: the `gpu` configs (ResNet-18, bf16, 128 px views and sketches) with longer schedules.
 set -euo pipefail
 MODE=${1:-cpu}
@@ -21,7 +22,7 @@ DATASET=${DATASET:-qd90}
 P=sb3dr_jax/configs/pretrain.py
 D=sb3dr_jax/configs/distill.py
 case $MODE in
-  cpu) T_ARG="dataset=$DATASET"; T_STEPS=${T_STEPS:-600}; S_ARG="pkaug"; S_STEPS=${S_STEPS:-2000} ;;
+  cpu) T_ARG="dataset=$DATASET"; T_STEPS=${T_STEPS:-600}; S_ARG="pkaug"; S_STEPS=${S_STEPS:-6000} ;;
   gpu) T_ARG="dataset=$DATASET,gpu"; T_STEPS=${T_STEPS:-5000}; S_ARG="pkaug,gpu"
        S_STEPS=${S_STEPS:-6000} ;;
   *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
