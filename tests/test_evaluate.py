@@ -22,3 +22,11 @@ def test_write_all_reports(tmp_path):
     with open(tmp_path / "metrics.json") as f:
         loaded = json.load(f)
     np.testing.assert_allclose(loaded["m1"]["mAP"], res["mAP"])
+
+
+def test_pr_curve_lines_are_told_apart_past_ten_methods():
+    # The comparison plots 12 methods; matplotlib's cycle repeats its colours after ten.
+    styles = report.line_styles(45)
+    keys = [tuple(sorted(s.items())) for s in styles]
+    assert len(set(keys)) == 45
+    assert styles[0]["color"] == styles[10]["color"] and styles[0] != styles[10]

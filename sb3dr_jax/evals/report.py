@@ -57,6 +57,29 @@ def write_per_class_csv(path: str, results: dict[str, dict]) -> None:
                 w.writerow([name, cls, m["num_queries"], *(f"{m[c]:.4f}" for c in COLUMNS)])
 
 
+def line_styles(n: int) -> list[dict]:
+    """`n` distinguishable line styles: ten colours, then the next line style and marker.
+
+    Args:
+      n: number of lines.
+
+    Returns:
+      `n` dicts of matplotlib `plot` keyword arguments, no two alike.
+    """
+    colours = [f"C{i}" for i in range(10)]  # matplotlib's default cycle has ten colours
+    dashes, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
+    return [
+        dict(
+            color=colours[i % 10],
+            linestyle=dashes[(i // 10) % 4],
+            marker=markers[(i // 10) % 4],
+            # past 40 lines the width still tells them apart
+            linewidth=1.5 + 0.5 * (i // 40),
+        )
+        for i in range(n)
+    ]
+
+
 def plot_pr_curves(path: str, results: dict[str, dict]) -> None:
     """Precision-recall curves (20-point interpolated), one line per method."""
     import matplotlib
@@ -66,10 +89,8 @@ def plot_pr_curves(path: str, results: dict[str, dict]) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     recall = [j / 20 for j in range(1, 21)]
-    for name, r in results.items():
-        ax.plot(
-            recall, r["pr_curve"], marker="o", markersize=3, label=f"{name} (mAP {r['mAP']:.3f})"
-        )
+    for (name, r), style in zip(results.items(), line_styles(len(results)), strict=True):
+        ax.plot(recall, r["pr_curve"], markersize=3, label=f"{name} (mAP {r['mAP']:.3f})", **style)
     ax.set(
         xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall"
     )
