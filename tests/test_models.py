@@ -273,9 +273,13 @@ def test_view_chunks_give_the_same_embedding_and_gradient():
     params = whole.init(jax.random.PRNGKey(0), views)["params"]
     chex.assert_trees_all_equal_shapes(params, chunked.init(jax.random.PRNGKey(0), views)["params"])
     f = lambda m: lambda p: m.apply({"params": p}, views)[1]["prediction"]
-    np.testing.assert_allclose(f(chunked)(params), f(whole)(params), rtol=1e-5, atol=1e-6)
-    g = lambda m: jax.grad(lambda p: jnp.sum(f(m)(p) ** 2))(params)
-    chex.assert_trees_all_close(g(chunked), g(whole), rtol=1e-4, atol=1e-6)
+    # jitted as the step runs it (op by op the comparison took a minute)
+    pred_and_grad = lambda m: jax.jit(
+        lambda p: (f(m)(p), jax.grad(lambda q: jnp.sum(f(m)(q) ** 2))(p))
+    )(params)
+    (pc, gc), (pw, gw) = pred_and_grad(chunked), pred_and_grad(whole)
+    np.testing.assert_allclose(pc, pw, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(gc, gw, rtol=1e-4, atol=1e-6)
 
 
 def test_s2d_stem_and_slice_pool_equal_the_conv_stem_and_reduce_window():
