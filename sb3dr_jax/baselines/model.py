@@ -61,12 +61,6 @@ class JointModel(nn.Module):
         return self(images, train=False), self.embed_shape(views, train=False)
 
 
-def _backbone(m: dict):
-    """A fresh ResNet from the `model` block (`models.backbone`: the one place a backbone and
-    its convolution are chosen)."""
-    return backbone(dict(m))
-
-
 def joint_model(model_cfg, pooling: str) -> JointModel:
     """The joint model from the config's `model` block.
 
@@ -86,9 +80,9 @@ def joint_model(model_cfg, pooling: str) -> JointModel:
         raise ValueError(f"method pooling: unknown {pooling!r}; choose from {POOLINGS}")
     m = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
     e, hidden = int(m["embed_dim"]), int(m.get("hidden", 256))
-    sketch = SketchEncoder(_backbone(m), embed_dim=e, hidden=hidden, chunk=int(m.get("chunk", 0)))
+    sketch = SketchEncoder(backbone(m), embed_dim=e, hidden=hidden, chunk=int(m.get("chunk", 0)))
     shape = MultiViewEncoder(
-        _backbone(m),
+        backbone(m),
         "max" if pooling == "lwbr" else pooling,
         int(m.get("view_chunk", 0)),
     )

@@ -52,7 +52,16 @@ MODEL_KWARGS: dict[str, set[str]] = {
 }
 
 
-def _backbone(kw: dict[str, Any]) -> ResNet:
+def backbone(kw: dict[str, Any]) -> ResNet:
+    """A fresh ResNet from a `model` block (backbone, num_filters, norm, groups, dtype,
+    axis_name, conv_impl, stem, pool, stage_sizes; the other keys are ignored).
+
+    Args:
+      kw: the model block, as a dict.
+
+    Returns:
+      The ResNet module, its convolution chosen by `resnet.conv_module(conv_impl)`.
+    """
     dtype = kw.get("dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype: unknown {dtype!r}; choose from {sorted(DTYPES)}")
@@ -71,19 +80,6 @@ def _backbone(kw: dict[str, Any]) -> ResNet:
     )
 
 
-def backbone(kw: dict[str, Any]) -> ResNet:
-    """A fresh ResNet from a `model` block (backbone, num_filters, norm, groups, dtype,
-    axis_name, conv_impl, stem, pool, stage_sizes; the other keys are ignored).
-
-    Args:
-      kw: the model block, as a dict.
-
-    Returns:
-      The ResNet module, its convolution chosen by `resnet.conv_module(conv_impl)`.
-    """
-    return _backbone(kw)
-
-
 def feature_dim(**kw) -> int:
     """The teacher's embedding size F for the given model kwargs (non-backbone keys ignored).
 
@@ -93,7 +89,7 @@ def feature_dim(**kw) -> int:
     Returns:
       F, the pooled feature size of the backbone.
     """
-    return _backbone(kw).feature_dim
+    return backbone(kw).feature_dim
 
 
 def build_model(name: str, **kw) -> flax.linen.Module:
@@ -126,7 +122,7 @@ def build_model(name: str, **kw) -> flax.linen.Module:
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling: unknown {pooling!r}; choose from {POOLINGS}")
         return SSLModel(
-            MultiViewEncoder(_backbone(kw), pooling, int(kw.get("view_chunk", 0))),
+            MultiViewEncoder(backbone(kw), pooling, int(kw.get("view_chunk", 0))),
             proj_hidden=kw.get("proj_hidden", 512),
             proj_dim=kw.get("proj_dim", 128),
             pred_hidden=kw.get("pred_hidden", 512),
@@ -136,7 +132,7 @@ def build_model(name: str, **kw) -> flax.linen.Module:
     if "embed_dim" not in kw:
         raise ValueError("model.embed_dim: required for sketch_student (the teacher's F)")
     return SketchEncoder(
-        _backbone(kw),
+        backbone(kw),
         embed_dim=int(kw["embed_dim"]),
         hidden=kw.get("hidden", 512),
         head_norm=head_norm,
