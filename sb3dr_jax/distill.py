@@ -109,13 +109,14 @@ def _train_batches(config, builder):
     return batches, val
 
 
-def evaluate_arrays(model, params, images, labels, index, config) -> dict:
-    """Retrieval summary of in-memory query sketches (the validation split) against `index`."""
+def evaluate_arrays(dp, model, params, images, labels, index, config) -> dict:
+    """Retrieval summary of in-memory query sketches (the validation split) against `index`,
+    embedded over every device and host."""
     from sb3dr_jax import evals
 
-    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)[0])
+    fn = dp.map_fn(lambda p, x: model.apply({"params": p}, x, train=False)[0])
     return evals.evaluate_retrieval(
-        embed_arrays(fn, params, images, int(config.eval.global_batch)),
+        embed_arrays(dp, fn, dp.replicate(params), images, int(config.eval.global_batch)),
         labels,
         index.embeddings,
         index.labels,
@@ -253,7 +254,7 @@ def _final_evaluation(config, workdir, dp, builder, index, model, params, val_se
     scalars = {f"eval/sketch_test/{k}": summary[k] for k in SUMMARY_KEYS}
     scalars.update({f"eval/sketch_test/mAP_{g}": r["mAP"] for g, r in summary["groups"].items()})
     if val_set is not None:
-        val = evaluate_arrays(model, params, *val_set, index, config)
+        val = evaluate_arrays(dp, model, params, *val_set, index, config)
         summary["val"] = val
         scalars.update({f"eval/sketch_val/{k}": val[k] for k in SUMMARY_KEYS})
         scalars.update({f"eval/sketch_val/mAP_{g}": r["mAP"] for g, r in val["groups"].items()})

@@ -46,5 +46,6 @@ def test_two_processes_hold_identical_parameters(tmp_path, smoke_data_dir, mode)
     outs = [(tmp_path / f"out{i}.txt").read_text().split() for i in range(2)]
     assert outs[0][:2] == ["2", "2"]  # 2 processes, 2 devices in total
     assert outs[0][2] == outs[1][2]  # identical parameters on both hosts
+    assert outs[0][3] == outs[1][3] == "True"  # embed_arrays: every row, on both hosts
     assert (tmp_path / "wd" / "checkpoints").is_dir()
     assert (tmp_path / "wd" / "metrics.jsonl").exists()  # written by process 0 only

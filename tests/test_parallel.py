@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -113,3 +114,24 @@ def test_distill_step_device_count_invariant(mode):
 def test_unknown_parallel_mode():
     with pytest.raises(ValueError, match="parallel"):
         data_parallel("dp")
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_embed_arrays_spreads_over_devices_and_keeps_every_row(mode):
+    from sb3dr_jax.train.encode import embed_arrays
+
+    x = np.arange(13 * 2 * 3, dtype=np.float32).reshape(13, 2, 3)  # 13 items: a ragged tail
+    w = np.linspace(-1.0, 1.0, 6 * 4, dtype=np.float32).reshape(6, 4)
+    seen = []
+
+    def per_device(p, b):  # [b, 2, 3] -> [b, 4]
+        seen.append(b.shape[0])  # traced once per compile: the per-device batch
+        return b.reshape(b.shape[0], -1) @ p
+
+    dp = data_parallel(mode)
+    out = embed_arrays(dp, dp.map_fn(per_device), dp.replicate(w), x, global_batch=12)
+    chex.assert_shape(out, (13, 4))
+    np.testing.assert_allclose(out, x.reshape(13, -1) @ w, rtol=1e-6)
+    assert seen == [2]  # 12 rounded up to 16 over 8 devices: one compile, 2 items each
+    empty = embed_arrays(dp, dp.map_fn(per_device), dp.replicate(w), x[:0], global_batch=12)
+    assert empty.shape == (0, 0)

@@ -247,8 +247,9 @@ def joint_batches(data: JointData, config):
         }
 
 
-def encoders(model, method: Method):
-    """Jitted (query fn, gallery fn) of a trained joint model: `fn(params, x) -> [B, E]`."""
+def encoders(dp, model, method: Method):
+    """(query fn, gallery fn) of a joint model over the devices: `dp.map_fn` of per-device
+    `fn(params, x [b, ...]) -> [b, E]`, for `embed_arrays`."""
 
     def query(params, x):
         s, _ = model.apply({"params": params["net"]}, x, train=False)
@@ -257,21 +258,22 @@ def encoders(model, method: Method):
     def gallery(params, v):
         return model.apply({"params": params["net"]}, v, train=False, method="embed_shape")[0]
 
-    return jax.jit(query), jax.jit(gallery)
+    return dp.map_fn(query), dp.map_fn(gallery)
 
 
-def evaluate(config, model, method: Method, params, data: JointData) -> dict:
+def evaluate(config, dp, model, method: Method, params, data: JointData) -> dict:
     """The thesis student's protocol: test sketches (and the validation sketches, when carved)
-    against every shape, SHREC metrics with the head/medium/tail breakdown.
+    against every shape, SHREC metrics with the head/medium/tail breakdown. Queries and
+    gallery are embedded over every device and host (`embed_arrays`).
 
     Returns:
       The test summary; `summary["val"]` holds the validation summary when there is one.
     """
     from sb3dr_jax.data import sketch_sampling as ss
 
-    q_fn, g_fn = encoders(model, method)
-    b = int(config.eval.global_batch)
-    gallery = embed_arrays(g_fn, params, data.views, b)  # [M, E]
+    q_fn, g_fn = encoders(dp, model, method)
+    b, params = int(config.eval.global_batch), dp.replicate(params)
+    gallery = embed_arrays(dp, g_fn, params, data.views, b)  # [M, E]
     kw = dict(
         class_names=data.class_names,
         group_thresholds=(int(config.eval.head_min), int(config.eval.tail_max)),
@@ -281,7 +283,7 @@ def evaluate(config, model, method: Method, params, data: JointData) -> dict:
     if len(test_images) == 0:
         raise ValueError(f"{data.builder.info.full_name}: split 'sketch_test' has no sketches")
     summary = evals.evaluate_retrieval(
-        embed_arrays(q_fn, params, test_images, b),
+        embed_arrays(dp, q_fn, params, test_images, b),
         test_labels,
         gallery,
         data.shape_labels,
@@ -292,7 +294,7 @@ def evaluate(config, model, method: Method, params, data: JointData) -> dict:
     if len(data.val_sketches):
         v = data.val_sketches
         summary["val"] = evals.evaluate_retrieval(
-            embed_arrays(q_fn, params, data.sketches[v], b),
+            embed_arrays(dp, q_fn, params, data.sketches[v], b),
             data.sketch_labels[v],
             gallery,
             data.shape_labels,
@@ -320,9 +322,9 @@ def _train_stage(config, workdir, data: JointData, dp, stage: int, net_params, m
     consts = None
     if st.prepare is not None:
         probe = make({})  # the encoders as this stage starts, to prepare its consts
-        _, g_fn = encoders(probe.model, method)
-        tr = data.train_shapes
-        emb = embed_arrays(g_fn, probe.state.params, data.views[tr], int(config.eval.global_batch))
+        _, g_fn = encoders(dp, probe.model, method)
+        tr, params = data.train_shapes, dp.replicate(probe.state.params)
+        emb = embed_arrays(dp, g_fn, params, data.views[tr], int(config.eval.global_batch))
         consts = st.prepare(probe.info["hp"], emb, data.shape_labels[tr], nc)
     exp = make(consts)
     final = fit(
@@ -365,7 +367,7 @@ def train_one(config, workdir: str, data: JointData | None = None) -> dict:
         model, params = _train_stage(c, sub, data, dp, i, net, method)
         net = params["net"]
     train_s = time.perf_counter() - t0
-    summary = evaluate(config, model, method, params, data)
+    summary = evaluate(config, dp, model, method, params, data)
     scalars = {f"eval/sketch_test/{k}": summary[k] for k in SUMMARY_KEYS}
     if "val" in summary:
         scalars.update({f"eval/sketch_val/{k}": summary["val"][k] for k in SUMMARY_KEYS})

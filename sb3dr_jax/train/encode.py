@@ -58,22 +58,41 @@ def encode_split(
     return emb[mask].astype(np.float32), lab[mask], [i.rstrip(b"\0").decode() for i in idv[mask]]
 
 
-def embed_arrays(fn: Callable, params, arrays: np.ndarray, batch: int) -> np.ndarray:
-    """Embeds in-memory items on one device, in host batches padded to `batch` (so a jitted
-    `fn` compiles once).
+def embed_arrays(
+    dp: DataParallel, fn: Callable, params, arrays: np.ndarray, global_batch: int
+) -> np.ndarray:
+    """Embeds in-memory items (the same array on every process) over all devices and hosts.
+
+    Each global batch is padded to a multiple of the device count (so `fn` compiles once);
+    every process embeds its contiguous share on its local devices and the shares are
+    gathered, so a large gallery is spread over the whole mesh, as `encode_split` does for a
+    dataset split.
 
     Args:
-      fn: a jitted `(params, x [batch, ...]) -> embeddings [batch, E]`.
-      params: the params `fn` takes.
-      arrays: the items [N, ...].
-      batch: items per call.
+      dp: the data-parallel setup.
+      fn: `dp.map_fn` of a per-device `(params, x [b, ...]) -> embeddings [b, E]`.
+      params: replicated params (`dp.replicate`).
+      arrays: the items [N, ...], identical on every process.
+      global_batch: items per call over all devices and hosts (rounded up to a multiple of
+        the device count).
 
     Returns:
-      The embeddings [N, E] (an empty [0, 0] array for no items).
+      The embeddings [N, E] float32, the same on every process (an empty [0, 0] array for no
+      items).
     """
+    pc, pi = jax.process_count(), jax.process_index()
+    n_dev, d = dp.num_devices, len(dp.mesh.local_devices)
+    batch = -(-int(global_batch) // n_dev) * n_dev
+    per = batch // n_dev * d  # this process's rows of each batch
     out = []
     for i in range(0, len(arrays), batch):
         x = arrays[i : i + batch]
-        pad = np.zeros((batch - len(x),) + x.shape[1:], x.dtype)
-        out.append(np.asarray(fn(params, np.concatenate([x, pad])))[: len(x)])
+        x = np.concatenate([x, np.zeros((batch - len(x),) + x.shape[1:], x.dtype)])
+        mine = x[pi * per : (pi + 1) * per].reshape((d, per // d) + x.shape[1:])  # [D, b, ...]
+        emb = dp.gather_outputs(fn(params, dp.shard(mine)))  # [per, E]
+        if pc > 1:
+            from jax.experimental import multihost_utils
+
+            emb = np.asarray(multihost_utils.process_allgather(emb, tiled=True))  # [batch, E]
+        out.append(np.asarray(emb, np.float32)[: min(batch, len(arrays) - i)])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
