@@ -91,3 +91,25 @@ def test_summarize_reports_mean_and_spread_over_seeds(tmp_path):
     cell = table["A"]["eval/sketch_test/mAP"]
     np.testing.assert_allclose([cell["mean"], cell["std"]], [0.2, 0.1])
     assert "0.200 ± 0.100 (2)" in summarize.markdown(table, ["eval/sketch_test/mAP"])
+
+
+def test_summarize_reads_compare_results_and_accumulates_globs(tmp_path):
+    from launch.experiments import summarize
+
+    for seed, v in enumerate([0.4, 0.6]):
+        d = tmp_path / ("cmp" if seed == 0 else f"cmp_s{seed}")
+        d.mkdir()
+        groups = {g: {"mAP": v / 2} for g in ("head", "medium", "tail")}
+        res = {"cgn": {"mAP": v, "NN": 0.5, "groups": groups, "pr_curve": [1.0]}}
+        (d / "results.json").write_text(json.dumps({"budget": {}, "results": res}))
+    specs = [f"cgn={tmp_path}/cmp/results.json#cgn", f"cgn={tmp_path}/cmp_s*/results.json#cgn"]
+    rows = summarize.rows_from_specs(specs)
+    assert len(rows["cgn"]) == 2
+    keys = ["eval/sketch_test/mAP", "eval/sketch_test/mAP_tail"]
+    table = summarize.summarize(rows, keys)
+    np.testing.assert_allclose(table["cgn"][keys[0]]["values"], [0.4, 0.6])
+    np.testing.assert_allclose(table["cgn"][keys[1]]["mean"], 0.25)
+    with pytest.raises(KeyError, match="no results for 'dca'.*cgn"):
+        summarize.final_metrics(f"{tmp_path}/cmp/results.json#dca")
+    with pytest.raises(ValueError, match="no workdir matches"):
+        summarize.rows_from_specs([f"x={tmp_path}/none*/results.json#cgn"])
