@@ -121,7 +121,11 @@ def setup(default_workdir: str = "") -> str:
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-    return (FLAGS.workdir if "workdir" in FLAGS else None) or default_workdir
+    workdir = (FLAGS.workdir if "workdir" in FLAGS else None) or default_workdir
+    if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+        # caught here, before anything is trained, not as a traceback from the first save
+        raise ValueError(f"--workdir {os.path.abspath(workdir)} is a file, not a folder")
+    return workdir
 
 
 def config_path(name: str) -> str:

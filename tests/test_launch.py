@@ -106,6 +106,7 @@ def mistakes(tmp_path_factory):
     (root / "a_distill_run" / "config.json").write_text(distill.get_config("smoke").to_json())
     (root / "broken" / "classes").mkdir(parents=True)
     (root / "broken" / "classes" / "Model.cla").write_text("PSB 1\n1 2\n\nchair 0 1\n7\n")
+    (root / "a_file").write_text("not a folder\n")
     return root
 
 
@@ -151,10 +152,13 @@ def test_distill_without_teacher_says_what_to_run(mistakes):
         (["launch.evaluate", _cfg("evaluate"), "--config.parallel=nope"], "parallel: unknown"),
         # an evaluate run folder without an export: the absolute path looked at
         (["launch.evaluate", _cfg("evaluate"), "--run=nowhere"], "nowhere/export/student.json"),
+        # a file where the output folder should be (was a NotADirectoryError traceback)
+        (["launch.compare", _cfg("compare"), "--workdir=a_file"], "a_file is a file, not a folder"),
     ],
 )
 def test_launcher_mistakes_give_one_clear_line(mistakes, args, says):
-    p = _fails_fast([*args, "--workdir=wd"] if "evaluate" not in args[0] else args, mistakes)
+    given = "evaluate" in args[0] or any(a.startswith("--workdir") for a in args)
+    p = _fails_fast(args if given else [*args, "--workdir=wd"], mistakes)
     assert says in _one_error_line(p)
 
 
